@@ -1,0 +1,395 @@
+"""The saver contract every backend implements, in LangGraph's shapes.
+
+A saver stores checkpoints (`put`), the writes of the tasks that ran from a
+checkpoint (`put_writes`), and reads them back as `CheckpointTuple`s. The
+method names, arguments and tuple layout are LangGraph's, so
+`agentmatic.compat.langgraph.LangGraphSaver` can hand any saver to a
+LangGraph graph. On top of that contract every saver has what the runtime
+and the console need: a check that a write continues the thread's newest
+checkpoint, leases so one process runs a thread at a time, and readers that
+turn checkpoints into `State`s without the agent that wrote them.
+
+Every method is synchronous at heart; the `a`-prefixed twins run it in a
+worker thread, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, NamedTuple
+
+from agentmatic.checkpoint.serde import Serializer
+from agentmatic.errors import ThreadConflict
+from agentmatic.state import Config, State, ThreadInfo, ThreadPage
+
+ERROR = "__error__"
+SCHEDULED = "__scheduled__"
+INTERRUPT = "__interrupt__"
+RESUME = "__resume__"
+TASKS = "__pregel_tasks"
+DECISION = "__decision__"
+
+# LangGraph stores writes to these channels at fixed negative indexes and
+# replaces them on conflict; every other write keeps the first value stored.
+WRITES_IDX_MAP = {ERROR: -1, SCHEDULED: -2, INTERRUPT: -3, RESUME: -4}
+
+# Metadata keys a filter may name: letters, digits and underscores only, so
+# a key can never smuggle SQL or a path into a backend's query.
+FILTER_KEY_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+)
+
+
+class _NoCheck:
+    def __repr__(self) -> str:
+        return "NO_CHECK"
+
+
+NO_CHECK: Any = _NoCheck()
+
+PendingWrite = tuple[str, str, Any]
+
+
+class CheckpointTuple(NamedTuple):
+    config: Config
+    checkpoint: dict[str, Any]
+    metadata: dict[str, Any]
+    parent_config: Config | None = None
+    pending_writes: list[PendingWrite] | None = None
+
+
+def thread_config(
+    thread_id: str, checkpoint_id: str | None = None, checkpoint_ns: str = ""
+) -> Config:
+    configurable: dict[str, Any] = {
+        "thread_id": thread_id,
+        "checkpoint_ns": checkpoint_ns,
+    }
+    if checkpoint_id is not None:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+def config_parts(config: Config) -> tuple[str, str, str | None]:
+    """Return `(thread_id, checkpoint_ns, checkpoint_id)` of a config."""
+    conf = config.get("configurable") or {}
+    thread_id = conf.get("thread_id")
+    if thread_id is None or thread_id == "":
+        raise ValueError("config needs configurable.thread_id")
+    return (
+        str(thread_id),
+        str(conf.get("checkpoint_ns") or ""),
+        conf.get("checkpoint_id"),
+    )
+
+
+def check_filter_keys(filter: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the filter, refusing keys that are not plain identifiers."""
+    if not filter:
+        return {}
+    for key in filter:
+        if not isinstance(key, str) or not key or not set(key) <= FILTER_KEY_CHARS:
+            raise ValueError(f"metadata filter key {key!r} is not a plain identifier")
+    return filter
+
+
+def metadata_matches(metadata: dict[str, Any], filter: dict[str, Any]) -> bool:
+    return all(metadata.get(k) == v for k, v in filter.items())
+
+
+def next_version(current: str | int | float | None) -> str:
+    """Return a version greater than `current`, in LangGraph's string format."""
+    if current is None:
+        number = 0
+    elif isinstance(current, (int, float)):
+        number = int(current)
+    else:
+        number = int(str(current).split(".")[0])
+    return f"{number + 1:032}.{random.random():016}"  # noqa: S311
+
+
+class BaseSaver(ABC):
+    """A checkpoint store; subclasses implement the storage primitives."""
+
+    serde: Serializer
+
+    def __init__(self, *, serde: Serializer | None = None, allow: Iterable[Any] = ()):
+        self.serde = serde or Serializer(allow=allow)
+        self.display_serde = Serializer(allow=allow, display=True)
+
+    # -- storage primitives ------------------------------------------------
+
+    @abstractmethod
+    def get_tuple(self, config: Config) -> CheckpointTuple | None:
+        """Return the named checkpoint, or the thread's newest when none is named."""
+
+    @abstractmethod
+    def list(
+        self,
+        config: Config | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: Config | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """Yield checkpoints newest first."""
+
+    @abstractmethod
+    def put(
+        self,
+        config: Config,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+        new_versions: dict[str, Any],
+        *,
+        expected_head: Any = NO_CHECK,
+    ) -> Config:
+        """Store a checkpoint whose parent is the checkpoint `config` names.
+
+        With `expected_head` (a checkpoint id, or None for a new thread) the
+        write happens only if that is still the newest checkpoint of the
+        thread and namespace; otherwise `ThreadConflict` is raised and nothing
+        is stored.
+        """
+
+    @abstractmethod
+    def put_writes(
+        self,
+        config: Config,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store a task's writes against the checkpoint `config` names."""
+
+    @abstractmethod
+    def delete_thread(self, thread_id: str) -> None: ...
+
+    @abstractmethod
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) whose metadata run_id is listed."""
+
+    @abstractmethod
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None: ...
+
+    @abstractmethod
+    def prune(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        strategy: Literal["keep_latest", "delete"] = "keep_latest",
+    ) -> None:
+        """Keep only each namespace's newest checkpoint, or delete the threads."""
+
+    @abstractmethod
+    def delete_checkpoints(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
+    ) -> int:
+        """Delete these checkpoints and their writes; return how many went."""
+
+    @abstractmethod
+    def acquire_lease(self, thread_id: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew the thread's run lease; False while another owner holds it."""
+
+    @abstractmethod
+    def release_lease(self, thread_id: str, owner: str) -> None: ...
+
+    def get_next_version(self, current: str | int | float | None, channel: Any) -> str:
+        return next_version(current)
+
+    def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
+        """Return the checkpoint with this id in any thread, or None."""
+        return find_checkpoint_by_scan(self, checkpoint_id)
+
+    def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
+        tup = self.get_tuple(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
+        return tup.checkpoint["id"] if tup else None
+
+    def ensure_head(
+        self, thread_id: str, checkpoint_ns: str, expected_head: Any
+    ) -> None:
+        if expected_head is NO_CHECK:
+            return
+        head = self.head_id(thread_id, checkpoint_ns)
+        if head != expected_head:
+            raise ThreadConflict(
+                thread_id,
+                f"expected newest checkpoint {expected_head!r} but it is {head!r}; "
+                "another writer advanced the thread",
+            )
+
+    def close(self) -> None:  # noqa: B027 - savers without connections keep it
+        """Release connections; the saver is not used afterwards."""
+
+    # -- readers that need no agent ----------------------------------------
+
+    def get_state_history(
+        self,
+        thread_id: str,
+        *,
+        limit: int | None = None,
+        before: str | None = None,
+        values: bool = True,
+        checkpoint_ns: str = "",
+    ) -> builtins.list[State]:
+        """Return the thread's states newest first, read without its agent."""
+        from agentmatic.checkpoint.reading import history
+
+        return history(
+            self,
+            thread_id,
+            limit=limit,
+            before=before,
+            values=values,
+            checkpoint_ns=checkpoint_ns,
+        )
+
+    def get_state(
+        self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
+    ) -> State | None:
+        """Return the newest (or the named) state of a thread, or None."""
+        from agentmatic.checkpoint.reading import read_state
+
+        return read_state(self, thread_id, checkpoint_id, values=values)
+
+    def list_threads(
+        self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> ThreadPage:
+        """Return threads by newest activity, `limit` at a time."""
+        from agentmatic.checkpoint.reading import list_threads_by_scan
+
+        return list_threads_by_scan(self, agent=agent, limit=limit, cursor=cursor)
+
+    def thread_ids(self) -> Iterator[str]:
+        """Yield every thread id once (order unspecified)."""
+        seen: set[str] = set()
+        for tup in self.list(None):
+            tid = tup.config["configurable"]["thread_id"]
+            if tid not in seen:
+                seen.add(tid)
+                yield tid
+
+    # -- async twins ---------------------------------------------------------
+
+    async def aget_tuple(self, config: Config) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: Config | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: Config | None = None,
+        limit: int | None = None,
+    ) -> Any:
+        items = await asyncio.to_thread(
+            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for item in items:
+            yield item
+
+    async def aput(
+        self,
+        config: Config,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+        new_versions: dict[str, Any],
+        *,
+        expected_head: Any = NO_CHECK,
+    ) -> Config:
+        return await asyncio.to_thread(
+            lambda: self.put(
+                config, checkpoint, metadata, new_versions, expected_head=expected_head
+            )
+        )
+
+    async def aput_writes(
+        self,
+        config: Config,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        strategy: Literal["keep_latest", "delete"] = "keep_latest",
+    ) -> None:
+        await asyncio.to_thread(lambda: self.prune(thread_ids, strategy=strategy))
+
+    async def aget_state_history(
+        self,
+        thread_id: str,
+        *,
+        limit: int | None = None,
+        before: str | None = None,
+        values: bool = True,
+    ) -> builtins.list[State]:
+        return await asyncio.to_thread(
+            lambda: self.get_state_history(
+                thread_id, limit=limit, before=before, values=values
+            )
+        )
+
+    async def aget_state(
+        self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
+    ) -> State | None:
+        return await asyncio.to_thread(
+            lambda: self.get_state(thread_id, checkpoint_id, values=values)
+        )
+
+    async def alist_threads(
+        self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> ThreadPage:
+        return await asyncio.to_thread(
+            lambda: self.list_threads(agent=agent, limit=limit, cursor=cursor)
+        )
+
+
+def thread_info_from_tuple(
+    tup: CheckpointTuple,
+    first_meta: dict[str, Any] | None,
+    next_nodes: tuple[str, ...],
+    count: int | None,
+) -> ThreadInfo:
+    conf = tup.config["configurable"]
+    meta = tup.metadata or {}
+    first = first_meta or {}
+    return ThreadInfo(
+        thread_id=conf["thread_id"],
+        checkpoint_id=conf["checkpoint_id"],
+        created_at=first.get("created_at"),
+        updated_at=tup.checkpoint.get("ts"),
+        step=int(meta.get("step", -1)),
+        source=str(meta.get("source", "")),
+        next=next_nodes,
+        agent=first.get("agent") or meta.get("agent"),
+        started_by=first.get("started_by") or meta.get("started_by"),
+        checkpoints=count,
+        forked_from=first.get("forked_from"),
+    )
+
+
+def find_checkpoint_by_scan(
+    saver: BaseSaver, checkpoint_id: str
+) -> CheckpointTuple | None:
+    for tup in saver.list(None):
+        if tup.checkpoint["id"] == checkpoint_id:
+            return tup
+    return None

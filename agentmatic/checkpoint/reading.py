@@ -1,0 +1,480 @@
+"""Turn stored checkpoints into `State`s without the graph that wrote them.
+
+LangGraph marks the nodes a checkpoint will run next with trigger channels
+(`branch:to:<node>`, older `start:<node>` and `branch:<src>:<cond>:<node>`)
+and queues `Send` packets in `__pregel_tasks` (or, before format 4, in the
+checkpoint's `pending_sends`). A node runs next when its trigger holds a
+value at a version newer than the one the node last saw. Channels that keep
+deltas (LangGraph's `DeltaChannel`, and our message list) store a full value
+only now and then (a `DeltaSnapshot`); in between, the value is the nearest
+snapshot plus the writes stored against each checkpoint on the way.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from agentmatic.checkpoint.serde import DeltaSnapshot
+from agentmatic.messages import (
+    AIMessage,
+    BaseMessage,
+    ToolCall,
+    add_messages,
+    unanswered_tool_calls,
+)
+from agentmatic.state import Interrupt, State, Task, ThreadInfo, ThreadPage
+
+if TYPE_CHECKING:
+    from agentmatic.checkpoint.base import BaseSaver, CheckpointTuple
+
+START = "__start__"
+ERROR = "__error__"
+INTERRUPT = "__interrupt__"
+TASKS = "__pregel_tasks"
+DECISION = "__decision__"
+LLM_NODES = frozenset({"agent", "model", "call_model", "llm", "chatbot"})
+
+Reducer = Callable[[Any, Sequence[Any]], Any]
+
+
+def trigger_target(channel: str) -> str | None:
+    """Return the node a trigger channel starts, or None for a state channel."""
+    if channel == START:
+        return START
+    if channel.startswith("branch:to:"):
+        return channel[len("branch:to:") :]
+    if channel.startswith("start:"):
+        return channel[len("start:") :]
+    if channel.startswith("branch:"):
+        parts = channel.split(":")
+        return parts[-1] if len(parts) >= 4 else None
+    return None
+
+
+def is_state_channel(channel: str) -> bool:
+    return not channel.startswith("__") and trigger_target(channel) is None
+
+
+def version_key(version: Any) -> tuple[int, float]:
+    """Order LangGraph versions: ints, floats, or `"<n>.<random>"` strings."""
+    if isinstance(version, (int, float)):
+        return (int(version), 0.0)
+    head, _, tail = str(version).partition(".")
+    try:
+        number = int(head)
+    except ValueError:
+        return (0, 0.0)
+    try:
+        return (number, float(tail) if tail else 0.0)
+    except ValueError:
+        return (number, 0.0)
+
+
+def next_nodes(checkpoint: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Return `(node, send_arg)` for each task the checkpoint schedules."""
+    values = checkpoint.get("channel_values") or {}
+    versions = checkpoint.get("channel_versions") or {}
+    seen_all = checkpoint.get("versions_seen") or {}
+    out: list[tuple[str, Any]] = []
+    for channel, version in versions.items():
+        node = trigger_target(channel)
+        if node is None or channel not in values:
+            continue
+        seen = (seen_all.get(node) or {}).get(channel)
+        if seen is None or version_key(version) > version_key(seen):
+            out.append((node, None))
+    for packet in list(values.get(TASKS) or []) + list(
+        checkpoint.get("pending_sends") or []
+    ):
+        node = getattr(packet, "node", None)
+        if node is None and isinstance(packet, dict):
+            node = packet.get("node")
+        if node is not None:
+            arg = getattr(packet, "arg", None)
+            out.append((str(node), arg if arg is not None else packet))
+    return out
+
+
+def _reducer_for(channel: str) -> Reducer:
+    if channel == "messages":
+
+        def fold(left: Any, writes: Sequence[Any]) -> Any:
+            value = list(left or [])
+            for write in writes:
+                value = add_messages(value, write)
+            return value
+
+        return fold
+
+    def concat(left: Any, writes: Sequence[Any]) -> Any:
+        value = list(left or [])
+        for w in writes:
+            value.extend(w if isinstance(w, (list, tuple)) else [w])
+        return value
+
+    return concat
+
+
+class ValueResolver:
+    """Rebuilds channel values of checkpoints, sharing work across a thread."""
+
+    def __init__(self, saver: BaseSaver, thread_id: str, checkpoint_ns: str = ""):
+        self.saver = saver
+        self.thread_id = thread_id
+        self.checkpoint_ns = checkpoint_ns
+        self.tuples: dict[str, CheckpointTuple] = {}
+        self._values: dict[tuple[str, str], Any] = {}
+
+    def add(self, tuples: Iterable[CheckpointTuple]) -> None:
+        for tup in tuples:
+            self.tuples[tup.checkpoint["id"]] = tup
+
+    def _tuple(self, checkpoint_id: str) -> CheckpointTuple | None:
+        tup = self.tuples.get(checkpoint_id)
+        if tup is None:
+            from agentmatic.checkpoint.base import thread_config
+
+            tup = self.saver.get_tuple(
+                thread_config(self.thread_id, checkpoint_id, self.checkpoint_ns)
+            )
+            if tup is not None:
+                self.tuples[checkpoint_id] = tup
+        return tup
+
+    def values(self, tup: CheckpointTuple) -> dict[str, Any]:
+        cp = tup.checkpoint
+        stored = cp.get("channel_values") or {}
+        out: dict[str, Any] = {}
+        for channel in cp.get("channel_versions") or {}:
+            if not is_state_channel(channel):
+                continue
+            if channel in stored:
+                value = stored[channel]
+                out[channel] = (
+                    value.value if isinstance(value, DeltaSnapshot) else value
+                )
+            else:
+                value = self.channel_value(tup, channel)
+                if value is not _MISSING:
+                    out[channel] = value
+        for channel, value in stored.items():
+            if channel not in out and is_state_channel(channel):
+                out[channel] = (
+                    value.value if isinstance(value, DeltaSnapshot) else value
+                )
+        return out
+
+    def channel_value(self, tup: CheckpointTuple, channel: str) -> Any:
+        """Return a delta channel's value at `tup`, walking back to a snapshot."""
+        key = (tup.checkpoint["id"], channel)
+        if key in self._values:
+            return self._values[key]
+        # Walk to the nearest ancestor that stores the value (or is cached).
+        chain: list[CheckpointTuple] = []
+        base: Any = _MISSING
+        cursor: CheckpointTuple | None = tup
+        while cursor is not None:
+            ckey = (cursor.checkpoint["id"], channel)
+            if ckey in self._values:
+                base = self._values[ckey]
+                break
+            stored = cursor.checkpoint.get("channel_values") or {}
+            if channel in stored:
+                value = stored[channel]
+                base = value.value if isinstance(value, DeltaSnapshot) else value
+                self._values[ckey] = base
+                break
+            chain.append(cursor)
+            parent_id = _parent_id(cursor)
+            cursor = self._tuple(parent_id) if parent_id else None
+            if cursor is not None and any(
+                c.checkpoint["id"] == cursor.checkpoint["id"] for c in chain
+            ):
+                break
+        reducer = _reducer_for(channel)
+        value = base
+        # chain holds tup and the ancestors below the base, newest first; each
+        # one's value is its parent's value plus the writes stored on the parent.
+        for child in reversed(chain):
+            parent_id = _parent_id(child)
+            parent = self.tuples.get(parent_id) if parent_id else None
+            writes = (
+                [v for (_t, ch, v) in (parent.pending_writes or []) if ch == channel]
+                if parent is not None
+                else []
+            )
+            if writes:
+                value = reducer([] if value is _MISSING else value, writes)
+            self._values[(child.checkpoint["id"], channel)] = value
+        return value
+
+
+class _Missing:
+    pass
+
+
+_MISSING: Any = _Missing()
+
+
+def _parent_id(tup: CheckpointTuple) -> str | None:
+    if not tup.parent_config:
+        return None
+    return tup.parent_config["configurable"].get("checkpoint_id")
+
+
+def _writes_by_task(
+    pending: Sequence[tuple[str, str, Any]] | None,
+) -> dict[str, list[tuple[str, Any]]]:
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for task_id, channel, value in pending or []:
+        out.setdefault(task_id, []).append((channel, value))
+    return out
+
+
+def _last_ai_message_from_writes(
+    resolver: ValueResolver | None, tup: CheckpointTuple
+) -> list[BaseMessage]:
+    """Return the messages the parent's tasks wrote (enough to find pending calls)."""
+    if resolver is None:
+        return []
+    parent_id = _parent_id(tup)
+    parent = resolver._tuple(parent_id) if parent_id else None
+    if parent is None:
+        return []
+    out: list[BaseMessage] = []
+    for _task, channel, value in parent.pending_writes or []:
+        if channel == "messages":
+            out.extend(
+                v
+                for v in (value if isinstance(value, list) else [value])
+                if isinstance(v, BaseMessage)
+            )
+    return out
+
+
+def build_state(
+    tup: CheckpointTuple,
+    *,
+    values: dict[str, Any] | None,
+    resolver: ValueResolver | None = None,
+) -> State:
+    """Build a `State`; `values=None` decodes only what a timeline needs."""
+    cp = tup.checkpoint
+    scheduled = next_nodes(cp)
+    node_names = tuple(dict.fromkeys(n for n, _ in scheduled))
+    by_task = _writes_by_task(tup.pending_writes)
+
+    # Pending calls: unanswered calls of the last AI message, when a tool runs next.
+    messages: list[BaseMessage] = []
+    if values is not None:
+        messages = list(values.get("messages") or [])
+    elif any(n not in LLM_NODES and n != START for n in node_names):
+        stored = (cp.get("channel_values") or {}).get("messages")
+        if isinstance(stored, DeltaSnapshot):
+            stored = stored.value
+        if isinstance(stored, list):
+            messages = stored
+        else:
+            messages = _last_ai_message_from_writes(resolver, tup)
+    pending: list[ToolCall] = []
+    tool_nodes = {n for n in node_names if n not in LLM_NODES and n != START}
+    send_calls = [arg for n, arg in scheduled if arg is not None]
+    if tool_nodes and messages:
+        for waiting in unanswered_tool_calls(messages):
+            if waiting.name in tool_nodes or "tools" in tool_nodes:
+                pending.append(waiting)
+    for arg in send_calls:
+        sent = _tool_call_from_send(arg)
+        if sent is not None and all(c.id != sent.id for c in pending):
+            pending.append(sent)
+
+    interrupts: list[Interrupt] = []
+    decisions: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for task_id, writes in by_task.items():
+        for channel, value in writes:
+            if channel == INTERRUPT:
+                for item in value if isinstance(value, (list, tuple)) else [value]:
+                    interrupts.append(_as_interrupt(item))
+            elif channel == DECISION and isinstance(value, dict):
+                decisions[str(value.get("tool_call_id"))] = value
+            elif channel == ERROR:
+                errors[task_id] = str(value)
+
+    # Interrupts follow the model's order of calls, not the storage order.
+    order = {c.id: n for n, c in enumerate(pending)}
+    interrupts.sort(
+        key=lambda i: order.get(
+            str(i.value.get("tool_call_id")) if isinstance(i.value, dict) else "",
+            len(order),
+        )
+    )
+
+    tasks: list[Task] = []
+    from agentmatic.runtime import task_id_for
+
+    for node, arg in scheduled:
+        calls: list[ToolCall | None] = (
+            [c for c in pending if c.name == node] if node not in LLM_NODES else []
+        )
+        if arg is not None:
+            sent = _tool_call_from_send(arg)
+            calls = [sent] if sent else []
+        for call in calls or [None]:
+            tid = task_id_for(cp["id"], node, call.id if call else None)
+            own = by_task.get(tid, [])
+            tasks.append(
+                Task(
+                    id=tid,
+                    name=node,
+                    tool_call=call,
+                    error=errors.get(tid),
+                    interrupts=tuple(
+                        i
+                        for i in interrupts
+                        if call is not None
+                        and isinstance(i.value, dict)
+                        and i.value.get("tool_call_id") == call.id
+                    ),
+                    done=any(ch not in (ERROR, INTERRUPT, DECISION) for ch, _ in own),
+                )
+            )
+    done_nodes = {t.name for t in tasks if t.done}
+    still_next = tuple(
+        n
+        for n in node_names
+        if n not in done_nodes or any(t.name == n and not t.done for t in tasks)
+    )
+    return State(
+        values=values if values is not None else {},
+        next=still_next,
+        config=tup.config,
+        metadata=dict(tup.metadata or {}),
+        created_at=cp.get("ts"),
+        parent_config=tup.parent_config,
+        tasks=tuple(tasks),
+        interrupts=tuple(interrupts),
+        pending_tool_calls=tuple(pending),
+        decisions=decisions,
+    )
+
+
+def _as_interrupt(item: Any) -> Interrupt:
+    if isinstance(item, Interrupt):
+        return item
+    value = getattr(item, "value", item)
+    ident = getattr(item, "id", "") or ""
+    return Interrupt(value=value, id=str(ident))
+
+
+def _tool_call_from_send(arg: Any) -> ToolCall | None:
+    raw = arg
+    if isinstance(raw, dict) and "tool_call" in raw:
+        raw = raw["tool_call"]
+    if isinstance(raw, ToolCall):
+        return raw
+    if isinstance(raw, dict) and "name" in raw and "args" in raw:
+        return ToolCall.from_any(raw)
+    return None
+
+
+def history(
+    saver: BaseSaver,
+    thread_id: str,
+    *,
+    limit: int | None,
+    before: str | None,
+    values: bool,
+    checkpoint_ns: str = "",
+) -> list[State]:
+    from agentmatic.checkpoint.base import thread_config
+
+    config = thread_config(thread_id, checkpoint_ns=checkpoint_ns)
+    before_config = thread_config(thread_id, before, checkpoint_ns) if before else None
+    resolver = ValueResolver(saver, thread_id, checkpoint_ns)
+    tuples = list(saver.list(config, before=before_config, limit=limit))
+    resolver.add(tuples)
+    states: list[State] = []
+    if values:
+        # Resolve oldest first so each state reuses its parent's rebuilt value.
+        resolved = {t.checkpoint["id"]: resolver.values(t) for t in reversed(tuples)}
+    for tup in tuples:
+        vals = resolved[tup.checkpoint["id"]] if values else None
+        states.append(build_state(tup, values=vals, resolver=resolver))
+    return states
+
+
+def read_state(
+    saver: BaseSaver, thread_id: str, checkpoint_id: str | None, *, values: bool
+) -> State | None:
+    from agentmatic.checkpoint.base import thread_config
+
+    tup = saver.get_tuple(thread_config(thread_id, checkpoint_id))
+    if tup is None:
+        return None
+    resolver = ValueResolver(
+        saver, thread_id, tup.config["configurable"].get("checkpoint_ns", "")
+    )
+    resolver.add([tup])
+    vals = resolver.values(tup) if values else None
+    return build_state(tup, values=vals, resolver=resolver)
+
+
+def encode_cursor(updated_at: str, thread_id: str) -> str:
+    raw = json.dumps([updated_at, thread_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(updated_at), str(thread_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"malformed thread cursor {cursor!r}") from exc
+
+
+def list_threads_by_scan(
+    saver: BaseSaver, *, agent: str | None, limit: int, cursor: str | None
+) -> ThreadPage:
+    """List threads by reading every thread's ends; backends override this."""
+    from agentmatic.checkpoint.base import thread_config, thread_info_from_tuple
+
+    infos: list[ThreadInfo] = []
+    for thread_id in saver.thread_ids():
+        tuples = list(saver.list(thread_config(thread_id)))
+        if not tuples:
+            continue
+        first_meta = dict(tuples[-1].metadata or {})
+        first_meta["created_at"] = tuples[-1].checkpoint.get("ts")
+        head = tuples[0]
+        state = build_state(head, values=None, resolver=_resolver_for(saver, tuples))
+        info = thread_info_from_tuple(head, first_meta, state.next, len(tuples))
+        if agent is not None and info.agent != agent:
+            continue
+        infos.append(info)
+    infos.sort(key=lambda i: (i.updated_at or "", i.thread_id), reverse=True)
+    if cursor:
+        after = decode_cursor(cursor)
+        infos = [i for i in infos if (i.updated_at or "", i.thread_id) < after]
+    page = infos[:limit]
+    next_cursor = None
+    if len(infos) > limit and page:
+        next_cursor = encode_cursor(page[-1].updated_at or "", page[-1].thread_id)
+    return ThreadPage(threads=page, next_cursor=next_cursor)
+
+
+def _resolver_for(saver: BaseSaver, tuples: list[CheckpointTuple]) -> ValueResolver:
+    tid = tuples[0].config["configurable"]["thread_id"]
+    resolver = ValueResolver(saver, tid)
+    resolver.add(tuples)
+    return resolver
+
+
+def last_ai_message(messages: Sequence[BaseMessage]) -> AIMessage | None:
+    for msg in reversed(messages):
+        if isinstance(msg, AIMessage):
+            return msg
+    return None

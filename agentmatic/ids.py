@@ -1,0 +1,40 @@
+"""Checkpoint ids: version-6 UUIDs that sort by time and are unique across processes.
+
+The layout is RFC 9562's UUIDv6 (the one LangGraph writes): a 60-bit count
+of 100 ns intervals first, so ids compare in time order as strings. Within a
+process the timestamp never repeats or goes back; across processes the 62
+random bits of clock sequence and node keep ids apart.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+
+_GREGORIAN_OFFSET = 0x01B21DD213814000  # 100 ns ticks from 1582-10-15 to 1970
+_lock = threading.Lock()
+_last_ticks = 0
+
+
+def checkpoint_id() -> str:
+    """Return a new checkpoint id, greater than every id this process made."""
+    global _last_ticks
+    with _lock:
+        ticks = time.time_ns() // 100 + _GREGORIAN_OFFSET
+        if ticks <= _last_ticks:
+            ticks = _last_ticks + 1
+        _last_ticks = ticks
+    time_high = (ticks >> 12) & 0xFFFF_FFFF_FFFF
+    time_low = ticks & 0x0FFF
+    rand = secrets.randbits(62)
+    value = (time_high << 80) | (0x6 << 76) | (time_low << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def checkpoint_time_ns(checkpoint_id: str) -> int:
+    """Return the Unix time in ns encoded in a UUIDv6 checkpoint id."""
+    value = uuid.UUID(checkpoint_id).int
+    ticks = ((value >> 80) << 12) | ((value >> 64) & 0x0FFF)
+    return (ticks - _GREGORIAN_OFFSET) * 100

@@ -1,0 +1,1 @@
+"""Forms of the checkpoints app: none yet, the Django admin edits retention."""

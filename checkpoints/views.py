@@ -1,0 +1,1 @@
+"""The checkpoints app has no pages: retention is edited in the Django admin."""
