@@ -247,3 +247,31 @@ def iter_tool_calls(messages: Sequence[BaseMessage]) -> Iterator[ToolCall]:
     for msg in messages:
         if isinstance(msg, AIMessage):
             yield from msg.tool_calls
+
+
+class MessageLog:
+    """The live message list with an id index, updated in place per write."""
+
+    def __init__(self, messages: Sequence[BaseMessage] = ()) -> None:
+        self.items: list[BaseMessage] = list(messages)
+        self.index = {m.id: i for i, m in enumerate(self.items) if m.id is not None}
+
+    def apply(self, writes: Sequence[Any]) -> None:
+        removed: set[str] = set()
+        for raw in writes:
+            batch = raw if isinstance(raw, (list, tuple)) else [raw]
+            for item in batch:
+                if isinstance(item, RemoveMessage):
+                    removed.add(item.id)
+                    continue
+                msg = coerce_message(item).with_id()
+                assert msg.id is not None
+                pos = self.index.get(msg.id)
+                if pos is None:
+                    self.index[msg.id] = len(self.items)
+                    self.items.append(msg)
+                else:
+                    self.items[pos] = msg
+        if removed:
+            self.items = [m for m in self.items if m.id not in removed]
+            self.index = {m.id: i for i, m in enumerate(self.items) if m.id}

@@ -50,7 +50,7 @@ from agentmatic.checkpoint.reading import (
 )
 from agentmatic.checkpoint.serde import DeltaSnapshot
 from agentmatic.errors import ThreadConflict
-from agentmatic.messages import BaseMessage, ToolCall, coerce_message
+from agentmatic.messages import BaseMessage, MessageLog, ToolCall
 from agentmatic.state import State
 
 if TYPE_CHECKING:
@@ -76,36 +76,6 @@ def trigger(node: str) -> str:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-class MessageLog:
-    """The live message list with an id index, updated in place per write."""
-
-    def __init__(self, messages: Sequence[BaseMessage] = ()) -> None:
-        self.items: list[BaseMessage] = list(messages)
-        self.index = {m.id: i for i, m in enumerate(self.items) if m.id is not None}
-
-    def apply(self, writes: Sequence[Any]) -> None:
-        from agentmatic.messages import RemoveMessage
-
-        removed: set[str] = set()
-        for raw in writes:
-            batch = raw if isinstance(raw, (list, tuple)) else [raw]
-            for item in batch:
-                if isinstance(item, RemoveMessage):
-                    removed.add(item.id)
-                    continue
-                msg = coerce_message(item).with_id()
-                assert msg.id is not None
-                pos = self.index.get(msg.id)
-                if pos is None:
-                    self.index[msg.id] = len(self.items)
-                    self.items.append(msg)
-                else:
-                    self.items[pos] = msg
-        if removed:
-            self.items = [m for m in self.items if m.id not in removed]
-            self.index = {m.id: i for i, m in enumerate(self.items) if m.id}
 
 
 @dataclass

@@ -39,7 +39,7 @@ def transfer_funds(to: str, amount: float, idempotency_key: str) -> str:
     return f"Refund of ${amount:.2f} sent to {to}."
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "sqlite"])
 def saver(request, tmp_path):
     if request.param == "memory":
         return MemorySaver()

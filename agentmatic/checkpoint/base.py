@@ -20,11 +20,14 @@ import builtins
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from agentmatic.checkpoint.serde import Serializer
 from agentmatic.errors import ThreadConflict
 from agentmatic.state import Config, State, ThreadInfo, ThreadPage
+
+if TYPE_CHECKING:
+    from agentmatic.checkpoint.chain import Chain, ChainKey
 
 ERROR = "__error__"
 SCHEDULED = "__scheduled__"
@@ -116,10 +119,22 @@ class BaseSaver(ABC):
     """A checkpoint store; subclasses implement the storage primitives."""
 
     serde: Serializer
+    # The tamper-evident chain (`chain_key=`); None when the saver keeps none.
+    chain: Chain | None = None
 
-    def __init__(self, *, serde: Serializer | None = None, allow: Iterable[Any] = ()):
+    def __init__(
+        self,
+        *,
+        serde: Serializer | None = None,
+        allow: Iterable[Any] = (),
+        chain_key: ChainKey | bool = None,
+    ):
         self.serde = serde or Serializer(allow=allow)
         self.display_serde = Serializer(allow=allow, display=True)
+        if chain_key is not None and chain_key is not False:
+            from agentmatic.checkpoint.chain import Chain
+
+            self.chain = Chain.from_key(chain_key)
 
     # -- storage primitives ------------------------------------------------
 
@@ -221,6 +236,38 @@ class BaseSaver(ABC):
                 f"expected newest checkpoint {expected_head!r} but it is {head!r}; "
                 "another writer advanced the thread",
             )
+
+    # -- the tamper-evident chain: every backend calls these two -------------
+
+    def sealed_metadata(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        parent_id: str | None,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Return the metadata `put` stores: with the chain record when chained.
+
+        Call it in `put` on the final metadata (after config keys are merged
+        in), before serializing; without a chain it returns `metadata` as is.
+        """
+        if self.chain is None:
+            return metadata
+        return self.chain.seal(
+            self, thread_id, checkpoint_ns, parent_id, checkpoint, metadata
+        )
+
+    def anchor_deletions(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
+    ) -> None:
+        """Before deleting checkpoints, anchor their surviving children's chain.
+
+        Call it from every method that deletes some (not all) checkpoints of
+        a thread: `delete_checkpoints`, `prune`, `delete_for_runs`.
+        """
+        if self.chain is not None and checkpoint_ids:
+            self.chain.anchor(self, thread_id, checkpoint_ns, checkpoint_ids)
 
     def close(self) -> None:  # noqa: B027 - savers without connections keep it
         """Release connections; the saver is not used afterwards."""

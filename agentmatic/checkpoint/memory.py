@@ -22,7 +22,12 @@ from agentmatic.checkpoint.base import (
     metadata_matches,
     thread_config,
 )
-from agentmatic.errors import ThreadConflict
+from agentmatic.errors import (
+    CorruptCheckpoint,
+    DisallowedType,
+    SerializationError,
+    ThreadConflict,
+)
 
 Blob = tuple[str, bytes]
 
@@ -69,19 +74,26 @@ class MemorySaver(BaseSaver):
         self, thread_id: str, ns: str, checkpoint_id: str, item: _Stored
     ) -> CheckpointTuple:
         writes = self._writes.get((thread_id, ns, checkpoint_id), {})
-        pending = [
-            (task_id, channel, self.serde.loads_typed(blob, thread_id=thread_id))
-            for (task_id, _idx), (channel, blob, _path) in sorted(
-                writes.items(), key=lambda kv: (kv[1][2], kv[0][0], kv[0][1])
-            )
-        ]
+        try:
+            pending = [
+                (task_id, channel, self.serde.loads_typed(blob, thread_id=thread_id))
+                for (task_id, _idx), (channel, blob, _path) in sorted(
+                    writes.items(), key=lambda kv: (kv[1][2], kv[0][0], kv[0][1])
+                )
+            ]
+            checkpoint = self.serde.loads_typed(item.checkpoint, thread_id=thread_id)
+            metadata = self.serde.loads_typed(item.metadata, thread_id=thread_id)
+        except DisallowedType:
+            raise
+        except SerializationError as exc:
+            raise CorruptCheckpoint(thread_id, checkpoint_id, str(exc)) from exc
         parent = (
             thread_config(thread_id, item.parent_id, ns) if item.parent_id else None
         )
         return CheckpointTuple(
             config=thread_config(thread_id, checkpoint_id, ns),
-            checkpoint=self.serde.loads_typed(item.checkpoint, thread_id=thread_id),
-            metadata=self.serde.loads_typed(item.metadata, thread_id=thread_id),
+            checkpoint=checkpoint,
+            metadata=metadata,
             parent_config=parent,
             pending_writes=pending,
         )
@@ -140,8 +152,11 @@ class MemorySaver(BaseSaver):
         expected_head: Any = NO_CHECK,
     ) -> dict[str, Any]:
         thread_id, ns, parent_id = config_parts(config)
+        merged = self.sealed_metadata(
+            thread_id, ns, parent_id, checkpoint, _merge_metadata(config, metadata)
+        )
         checkpoint_blob = self.serde.dumps_typed(checkpoint)
-        metadata_blob = self.serde.dumps_typed(_merge_metadata(config, metadata))
+        metadata_blob = self.serde.dumps_typed(merged)
         with self._lock:
             stored = self._threads.setdefault(thread_id, {}).setdefault(ns, {})
             head = self._heads.get((thread_id, ns))
@@ -201,6 +216,7 @@ class MemorySaver(BaseSaver):
                         if str(self.serde.loads_typed(item.metadata).get("run_id"))
                         in wanted
                     ]
+                    self.anchor_deletions(tid, ns, doomed)
                     self._delete(tid, ns, doomed)
 
     def _delete(self, thread_id: str, ns: str, checkpoint_ids: Sequence[str]) -> int:
@@ -224,6 +240,7 @@ class MemorySaver(BaseSaver):
         self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
     ) -> int:
         with self._lock:
+            self.anchor_deletions(thread_id, checkpoint_ns, checkpoint_ids)
             return self._delete(thread_id, checkpoint_ns, checkpoint_ids)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
@@ -253,7 +270,36 @@ class MemorySaver(BaseSaver):
                 for ns, stored in self._threads.get(tid, {}).items():
                     if stored:
                         newest = max(stored)
-                        self._delete(tid, ns, [c for c in stored if c != newest])
+                        self._snapshot_deltas(tid, ns, newest)
+                        doomed = [c for c in stored if c != newest]
+                        self.anchor_deletions(tid, ns, doomed)
+                        self._delete(tid, ns, doomed)
+
+    def _snapshot_deltas(self, thread_id: str, ns: str, checkpoint_id: str) -> None:
+        """Store full values of delta channels in a checkpoint about to lose its
+        ancestors, so it stays readable on its own."""
+        from agentmatic.checkpoint.reading import ValueResolver, is_state_channel
+        from agentmatic.checkpoint.serde import DeltaSnapshot
+
+        item = self._threads[thread_id][ns][checkpoint_id]
+        tup = self._tuple(thread_id, ns, checkpoint_id, item)
+        resolver = ValueResolver(self, thread_id, ns)
+        resolver.add([tup])
+        values = resolver.values(tup)
+        checkpoint = tup.checkpoint
+        stored = checkpoint.setdefault("channel_values", {})
+        missing = [
+            ch
+            for ch in checkpoint.get("channel_versions") or {}
+            if is_state_channel(ch) and ch not in stored and ch in values
+        ]
+        if not missing:
+            return
+        for ch in missing:
+            stored[ch] = DeltaSnapshot(values[ch])
+        self._threads[thread_id][ns][checkpoint_id] = _Stored(
+            self.serde.dumps_typed(checkpoint), item.metadata, item.parent_id
+        )
 
     # -- leases --------------------------------------------------------------
 

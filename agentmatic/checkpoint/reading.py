@@ -21,6 +21,7 @@ from agentmatic.checkpoint.serde import DeltaSnapshot
 from agentmatic.messages import (
     AIMessage,
     BaseMessage,
+    MessageLog,
     ToolCall,
     add_messages,
     unanswered_tool_calls,
@@ -51,7 +52,28 @@ def trigger_target(channel: str) -> str | None:
     if channel.startswith("branch:"):
         parts = channel.split(":")
         return parts[-1] if len(parts) >= 4 else None
+    if channel.startswith("join:"):
+        # A waiting edge `join:<a>+<b>:<node>`: fires once every source wrote.
+        parts = channel.split(":")
+        return parts[-1] if len(parts) >= 3 else None
     return None
+
+
+def _barrier_complete(channel: str, value: Any) -> bool:
+    """Return whether a `join:` barrier has seen all its sources (else not ready)."""
+    if not channel.startswith("join:"):
+        return True
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and isinstance(value[1], bool)
+    ):
+        seen, finished = value  # the deferred form stores (seen, finished)
+        if not finished:
+            return False
+        value = seen
+    names = set(channel.split(":")[1].split("+"))
+    return isinstance(value, (set, frozenset, list)) and set(value) == names
 
 
 def is_state_channel(channel: str) -> bool:
@@ -82,6 +104,8 @@ def next_nodes(checkpoint: dict[str, Any]) -> list[tuple[str, Any]]:
     for channel, version in versions.items():
         node = trigger_target(channel)
         if node is None or channel not in values:
+            continue
+        if not _barrier_complete(channel, values[channel]):
             continue
         seen = (seen_all.get(node) or {}).get(channel)
         if seen is None or version_key(version) > version_key(seen):
@@ -167,6 +191,20 @@ class ValueResolver:
                 )
         return out
 
+    def _saver_value(self, tup: CheckpointTuple, channel: str) -> Any:
+        """Return the saver's own rebuild of a delta channel at `tup`, if it has one.
+
+        A saver may offer `channel_value_at(tup, channel)`, returning the
+        value as a `DeltaSnapshot` or None when it cannot.
+        """
+        rebuild = getattr(self.saver, "channel_value_at", None)
+        if rebuild is None:
+            return _MISSING
+        value = rebuild(tup, channel)
+        if value is None:
+            return _MISSING
+        return value.value if isinstance(value, DeltaSnapshot) else value
+
     def channel_value(self, tup: CheckpointTuple, channel: str) -> Any:
         """Return a delta channel's value at `tup`, walking back to a snapshot."""
         key = (tup.checkpoint["id"], channel)
@@ -174,6 +212,7 @@ class ValueResolver:
             return self._values[key]
         # Walk to the nearest ancestor that stores the value (or is cached).
         chain: list[CheckpointTuple] = []
+        walked: set[str] = set()
         base: Any = _MISSING
         cursor: CheckpointTuple | None = tup
         while cursor is not None:
@@ -188,14 +227,28 @@ class ValueResolver:
                 self._values[ckey] = base
                 break
             chain.append(cursor)
+            walked.add(cursor.checkpoint["id"])
             parent_id = _parent_id(cursor)
+            if parent_id and parent_id not in self.tuples:
+                # A saver that rebuilds values without the rows in between (or
+                # whose rows retention deleted) answers in one step.
+                rebuilt = self._saver_value(cursor, channel)
+                if rebuilt is not _MISSING:
+                    chain.pop()
+                    base = self._values[ckey] = rebuilt
+                    break
             cursor = self._tuple(parent_id) if parent_id else None
-            if cursor is not None and any(
-                c.checkpoint["id"] == cursor.checkpoint["id"] for c in chain
-            ):
+            if cursor is not None and cursor.checkpoint["id"] in walked:
                 break
-        reducer = _reducer_for(channel)
         value = base
+        # Messages replay through one live log (no index rebuilt per step);
+        # other delta channels fold their writes with the channel's reducer.
+        log = (
+            MessageLog([] if base is _MISSING else base)
+            if channel == "messages"
+            else None
+        )
+        reducer = _reducer_for(channel)
         # chain holds tup and the ancestors below the base, newest first; each
         # one's value is its parent's value plus the writes stored on the parent.
         for child in reversed(chain):
@@ -206,7 +259,11 @@ class ValueResolver:
                 if parent is not None
                 else []
             )
-            if writes:
+            if log is not None:
+                if writes or value is not _MISSING:
+                    log.apply(writes)
+                    value = list(log.items)
+            elif writes:
                 value = reducer([] if value is _MISSING else value, writes)
             self._values[(child.checkpoint["id"], channel)] = value
         return value
