@@ -20,21 +20,19 @@ costs the same at step 1,000 as at step 10.
 
 from __future__ import annotations
 
-import copy
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agentmatic import ids
 from agentmatic.checkpoint.base import (
     DECISION,
     ERROR,
     INTERRUPT,
-    NO_CHECK,
     BaseSaver,
     CheckpointTuple,
     next_version,
@@ -52,9 +50,6 @@ from agentmatic.checkpoint.serde import DeltaSnapshot
 from agentmatic.errors import ThreadConflict
 from agentmatic.messages import BaseMessage, MessageLog, ToolCall
 from agentmatic.state import State
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +124,6 @@ class PlannedTask:
     node: str
     path: str
     tool_call: ToolCall | None = None
-
-
-@dataclass
-class StepResult:
-    writes: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
 
 
 def plan_tasks(cursor: Cursor, tool_names: set[str]) -> list[PlannedTask]:
@@ -336,13 +326,8 @@ def put_checkpoint(
     )
 
 
-def copy_values(values: dict[str, Any]) -> dict[str, Any]:
-    return copy.copy(values)
-
-
 __all__ = [
     "MESSAGES",
-    "NO_CHECK",
     "Cursor",
     "MessageLog",
     "PlannedTask",
