@@ -14,13 +14,16 @@ call, first writer wins), so two reviewers can never both decide one call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import hashlib
 import json
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +62,17 @@ from agentmatic.messages import (
 from agentmatic.runtime import (
     MESSAGES,
     Cursor,
+    Lease,
     MessageLog,
     PlannedTask,
     StepWrites,
     apply_writes,
     build_checkpoint,
     delta_counters,
+    fold_finished_writes,
     load_cursor,
     needs_snapshot,
+    now_iso,
     plan_tasks,
     put_checkpoint,
     run_parallel,
@@ -82,6 +88,10 @@ log = logging.getLogger(__name__)
 LLM_NODE = "agent"
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_STEP_LIMIT = 10_000
+# How long a decision or manual update waits for a run holding the thread.
+DECISION_WAIT_SECONDS = 5.0
+# Node names LangGraph-style readers take for the model; no tool may use them.
+RESERVED_NAMES = frozenset({LLM_NODE, START, "model", "call_model", "llm", "chatbot"})
 NOT_EXECUTED = (
     "Not executed: the request changed before this call ran. "
     "Propose it again if it is still needed."
@@ -108,6 +118,22 @@ class Gate:
         except Exception as exc:
             return f"the approval rule failed ({type(exc).__name__}: {exc}); held"
         return None
+
+
+@dataclass
+class _Run:
+    """What one invocation carries through its supersteps."""
+
+    thread_id: str
+    ns: str
+    who: str
+    run_id: str
+    limit: int
+    lease: Lease | None
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError("recursion_limit must be at least 1")
 
 
 class AwaitableConfig(dict):  # type: ignore[type-arg]
@@ -186,8 +212,12 @@ class AgentBuilder:
         names = [t.name for t in self._tools]
         if len(set(names)) != len(names):
             raise ValueError(f"tool names must be unique: {names}")
-        if LLM_NODE in names or START in names:
-            raise ValueError(f"a tool cannot be named {LLM_NODE!r} or {START!r}")
+        clash = sorted(RESERVED_NAMES.intersection(names))
+        if clash:
+            raise ValueError(
+                f"a tool cannot be named {clash[0]!r}: readers take that name "
+                "for the model's node"
+            )
         for gate in self._gates:
             if gate.tool not in names:
                 raise ValueError(f"gate names tool {gate.tool!r}, which is not a tool")
@@ -284,45 +314,46 @@ class Agent:
         who = _actor_of(config, actor)
         run_id = str((config.get("configurable") or {}).get("run_id") or uuid.uuid4())
         limit = int(config.get("recursion_limit") or DEFAULT_STEP_LIMIT)
-        head = self.saver.get_tuple(thread_config(thread_id, None, ns))
+        with self._lease(thread_id) as lease:
+            run = _Run(thread_id, ns, who, run_id, limit, lease)
+            assert run.lease is not None
+            # Read the head only once the lease is held: a head read before
+            # could be one another process has since moved past.
+            head = self.saver.get_tuple(thread_config(thread_id, None, ns))
+            if checkpoint_id and (head is None or not self._in_thread(config)):
+                return self._fork(input, checkpoint_id, run, head)
+            if head is None:
+                if input is None:
+                    raise ThreadNotFound(thread_id)
+                return self._start(None, input, run, expected_head=None)
+            head_id = head.checkpoint["id"]
+            if checkpoint_id is None or checkpoint_id == head_id:
+                if input is None:
+                    return self._loop(load_cursor(self.saver, head), run, resume=True)
+                return self._start(head, input, run, expected_head=head_id)
+            # An older checkpoint of this thread: a branch inside the thread.
+            source = self.saver.get_tuple(thread_config(thread_id, checkpoint_id, ns))
+            if source is None:
+                raise CheckpointNotFound(thread_id, checkpoint_id)
+            if input is None:
+                return self._replay(source, head, run)
+            return self._start(source, input, run, expected_head=head_id)
 
-        if checkpoint_id and (head is None or not self._in_thread(config)):
-            return self._fork(input, config, who, run_id, limit, head)
-        if head is None:
-            if input is None:
-                raise ThreadNotFound(thread_id)
-            return self._start(
-                None, input, thread_id, ns, who, run_id, limit, expected_head=None
-            )
-        if checkpoint_id is None or checkpoint_id == head.checkpoint["id"]:
-            if input is None:
-                return self._run(head, who, run_id, limit, resume=True)
-            return self._start(
-                head,
-                input,
-                thread_id,
-                ns,
-                who,
-                run_id,
-                limit,
-                expected_head=head.checkpoint["id"],
-            )
-        # An older checkpoint of this thread: a branch inside the thread.
-        source = self.saver.get_tuple(thread_config(thread_id, checkpoint_id, ns))
-        if source is None:
-            raise CheckpointNotFound(thread_id, checkpoint_id)
-        if input is None:
-            return self._replay(source, head, who, run_id, limit)
-        return self._start(
-            source,
-            input,
-            thread_id,
-            ns,
-            who,
-            run_id,
-            limit,
-            expected_head=head.checkpoint["id"],
-        )
+    @contextlib.contextmanager
+    def _lease(self, thread_id: str, *, wait: float = 0.0) -> Iterator[Lease]:
+        """Hold the thread's lease, waiting up to `wait` seconds for it."""
+        lease = Lease(self.saver, thread_id, _owner(), self.lease_seconds)
+        deadline = time.monotonic() + wait
+        while not self.saver.acquire_lease(thread_id, lease.owner, lease.ttl):
+            if time.monotonic() >= deadline:
+                raise ThreadConflict(
+                    thread_id, "another process is running this thread; try again"
+                )
+            time.sleep(0.05)
+        try:
+            yield lease
+        finally:
+            lease.release()
 
     async def ainvoke(
         self, input: Any, config: Config | None = None, *, actor: str | None = None
@@ -340,17 +371,15 @@ class Agent:
         self,
         parent: CheckpointTuple | None,
         input: Any,
-        thread_id: str,
-        ns: str,
-        who: str,
-        run_id: str,
-        limit: int,
+        run: _Run,
         *,
         expected_head: str | None,
     ) -> State:
         """Store an input checkpoint on `parent` and run from it."""
         payload = _normalize_input(input)
         cursor = load_cursor(self.saver, parent) if parent else None
+        if cursor is not None:
+            fold_finished_writes(cursor)
         base = parent.checkpoint if parent else None
         messages = list(cursor.messages.items) if cursor else []
         # New input starts from START: whatever the parent had scheduled is dropped
@@ -367,115 +396,91 @@ class Agent:
             seen={"__input__": {}},
             messages=messages,
             snapshot=bool(messages),
+            after=expected_head,
         )
-        metadata = self._metadata(
-            "input",
-            (cursor.step + 1) if cursor else -1,
-            who,
-            run_id,
-            first=True,
-        )
-        metadata["counters_since_delta_snapshot"] = {}
-        if not messages:
-            metadata.pop("counters_since_delta_snapshot")
+        step = (cursor.step + 1) if cursor else -1
+        metadata = self._metadata("input", step, run.who, run.run_id, first=True)
         tup = put_checkpoint(
             self.saver,
-            thread_id,
-            ns,
+            run.thread_id,
+            run.ns,
             parent.checkpoint["id"] if parent else None,
             checkpoint,
             metadata,
             expected_head=expected_head,
         )
-        log.info("thread %s: run %s started by %s", thread_id, run_id, who)
+        log.info("thread %s: run %s started by %s", run.thread_id, run.run_id, run.who)
         started = Cursor(
             tup=tup,
             messages=MessageLog(messages),
             other=dict(cursor.other) if cursor else {},
         )
-        return self._loop(started, who, run_id, limit, resume=False)
+        return self._loop(started, run, resume=False)
 
     def _replay(
-        self,
-        source: CheckpointTuple,
-        head: CheckpointTuple,
-        who: str,
-        run_id: str,
-        limit: int,
+        self, source: CheckpointTuple, head: CheckpointTuple, run: _Run
     ) -> State:
         """Copy an older checkpoint to the thread's head and run from the copy."""
-        conf = source.config["configurable"]
+        source_id = source.checkpoint["id"]
         cursor = load_cursor(self.saver, source)
-        checkpoint = _copy_checkpoint(source.checkpoint, cursor.messages.items)
-        metadata = self._metadata("fork", cursor.step, who, run_id, first=True)
-        metadata["replay_of"] = conf["checkpoint_id"]
+        checkpoint = _copy_checkpoint(
+            source.checkpoint, cursor.messages.items, after=head.checkpoint["id"]
+        )
+        metadata = self._metadata("fork", cursor.step, run.who, run.run_id, first=True)
+        metadata["replay_of"] = source_id
         tup = put_checkpoint(
             self.saver,
-            conf["thread_id"],
-            conf.get("checkpoint_ns", ""),
-            conf["checkpoint_id"],
+            run.thread_id,
+            run.ns,
+            source_id,
             checkpoint,
             metadata,
             expected_head=head.checkpoint["id"],
         )
-        log.info("thread %s: replay from %s", conf["thread_id"], conf["checkpoint_id"])
+        log.info("thread %s: replay from %s", run.thread_id, source_id)
         fresh = Cursor(tup=tup, messages=cursor.messages, other=cursor.other)
-        return self._loop(fresh, who, run_id, limit, resume=False)
+        return self._loop(fresh, run, resume=False)
 
     def _fork(
         self,
         input: Any,
-        config: Config,
-        who: str,
-        run_id: str,
-        limit: int,
+        checkpoint_id: str,
+        run: _Run,
         head: CheckpointTuple | None,
     ) -> State:
         """Start a new thread from another thread's checkpoint."""
-        thread_id, ns, checkpoint_id = _parts(config)
-        assert checkpoint_id is not None
         if head is not None:
-            raise ThreadExists(thread_id)
+            raise ThreadExists(run.thread_id)
         source = self.saver.find_checkpoint(checkpoint_id)
         if source is None:
-            raise CheckpointNotFound(thread_id, checkpoint_id)
+            raise CheckpointNotFound(run.thread_id, checkpoint_id)
         src = source.config["configurable"]
         cursor = load_cursor(self.saver, source)
         checkpoint = _copy_checkpoint(source.checkpoint, cursor.messages.items)
-        metadata = self._metadata("fork", cursor.step, who, run_id, first=True)
+        metadata = self._metadata("fork", cursor.step, run.who, run.run_id, first=True)
         metadata["forked_from"] = {
             "thread_id": src["thread_id"],
             "checkpoint_id": src["checkpoint_id"],
         }
         tup = put_checkpoint(
-            self.saver, thread_id, ns, None, checkpoint, metadata, expected_head=None
+            self.saver,
+            run.thread_id,
+            run.ns,
+            None,
+            checkpoint,
+            metadata,
+            expected_head=None,
         )
         log.info(
             "thread %s: forked from %s at %s",
-            thread_id,
+            run.thread_id,
             src["thread_id"],
             src["checkpoint_id"],
         )
         if input is None:
             fresh = Cursor(tup=tup, messages=cursor.messages, other=cursor.other)
-            return self._loop(fresh, who, run_id, limit, resume=False)
-        return self._start(
-            tup,
-            input,
-            thread_id,
-            ns,
-            who,
-            run_id,
-            limit,
-            expected_head=tup.checkpoint["id"],
-        )
-
-    def _run(
-        self, tup: CheckpointTuple, who: str, run_id: str, limit: int, *, resume: bool
-    ) -> State:
-        return self._loop(
-            load_cursor(self.saver, tup), who, run_id, limit, resume=resume
-        )
+            return self._loop(fresh, run, resume=False)
+        return self._start(tup, input, run, expected_head=tup.checkpoint["id"])
 
     def _metadata(
         self, source: str, step: int, who: str, run_id: str, *, first: bool = False
@@ -495,47 +500,33 @@ class Agent:
 
     # -- the loop ---------------------------------------------------------------
 
-    def _loop(
-        self, cursor: Cursor, who: str, run_id: str, limit: int, *, resume: bool
-    ) -> State:
-        conf = cursor.tup.config["configurable"]
-        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        owner = _owner()
-        if not self.saver.acquire_lease(thread_id, owner, self.lease_seconds):
-            raise ThreadConflict(thread_id, "another process is running this thread")
-        try:
-            steps = 0
-            first = True
-            while True:
-                tasks = plan_tasks(cursor, set(self.tools))
-                if not tasks:
-                    log.info("thread %s: run %s finished", thread_id, run_id)
-                    return state_from_cursor(cursor)
-                if steps >= limit:
-                    raise AgentmaticError(
-                        f"thread {thread_id!r}: stopped after {limit} steps "
-                        "(raise recursion_limit in the config to allow more)"
-                    )
-                if first and resume:
-                    self._check_agent_fits(thread_id, cursor, tasks)
-                decisions = self._decisions(
-                    thread_id,
-                    cursor,
-                    tasks,
-                    implicit_approval=first and resume,
-                    who=who,
+    def _loop(self, cursor: Cursor, run: _Run, *, resume: bool) -> State:
+        """Run supersteps from `cursor` until nothing is scheduled or a gate waits."""
+        steps = 0
+        first = True
+        while True:
+            tasks = plan_tasks(cursor, set(self.tools))
+            if not tasks:
+                log.info("thread %s: run %s finished", run.thread_id, run.run_id)
+                return state_from_cursor(cursor)
+            if steps >= run.limit:
+                raise AgentmaticError(
+                    f"thread {run.thread_id!r}: stopped after {run.limit} steps "
+                    "(raise recursion_limit in the config to allow more)"
                 )
-                if decisions is None:
-                    log.info("thread %s: run %s paused for approval", thread_id, run_id)
-                    return self._paused_state(cursor)
-                first = False
-                cursor = self._superstep(
-                    cursor, tasks, decisions, thread_id, ns, who, run_id
+            if first and resume:
+                self._check_agent_fits(run.thread_id, cursor, tasks)
+            decisions = self._decisions(
+                cursor, tasks, implicit_approval=first and resume, who=run.who
+            )
+            if decisions is None:
+                log.info(
+                    "thread %s: run %s paused for approval", run.thread_id, run.run_id
                 )
-                steps += 1
-                self.saver.acquire_lease(thread_id, owner, self.lease_seconds)
-        finally:
-            self.saver.release_lease(thread_id, owner)
+                return self._paused_state(cursor)
+            first = False
+            cursor = self._superstep(cursor, tasks, decisions, run)
+            steps += 1
 
     def _paused_state(self, cursor: Cursor) -> State:
         tup = self.saver.get_tuple(cursor.tup.config) or cursor.tup
@@ -574,12 +565,11 @@ class Agent:
             args = tool.validate(call.args)
         except InvalidToolArguments as exc:
             return f"arguments failed validation ({exc.field}: {exc.detail}); held"
-        reasons = [r for g in gates if (r := g.check(args)) is not None]
+        reasons = [r for g in gates if (r := g.check(copy.deepcopy(args))) is not None]
         return "; ".join(reasons) if reasons else None
 
     def _decisions(
         self,
-        thread_id: str,
         cursor: Cursor,
         tasks: Sequence[PlannedTask],
         *,
@@ -600,29 +590,10 @@ class Agent:
                     interrupts[str(value.get("tool_call_id"))] = value
                 elif channel == DECISION and isinstance(value, dict):
                     decisions[str(value.get("tool_call_id"))] = value
-        tool_tasks = [t for t in tasks if t.tool_call is not None]
         if not interrupts:
-            fresh = []
-            for task in tool_tasks:
-                assert task.tool_call is not None
-                reason = self._gate_reason(task.tool_call)
-                if reason is not None:
-                    fresh.append((task, reason))
-            if not fresh:
+            if not self._gate(cursor, tasks):
                 return decisions
             # A fresh pause: nobody has seen these calls yet, so none is approved.
-            for task, reason in fresh:
-                call = task.tool_call
-                assert call is not None
-                interrupts[call.id] = {
-                    "tool_call_id": call.id,
-                    "tool": call.name,
-                    "args": jsonable(call.args),
-                    "reason": reason,
-                }
-                self.saver.put_writes(
-                    cursor.tup.config, [(INTERRUPT, interrupts[call.id])], task.id
-                )
             return None
         undecided = [cid for cid in interrupts if cid not in decisions]
         if undecided and not implicit_approval:
@@ -636,16 +607,34 @@ class Agent:
             }
         return decisions
 
+    def _gate(self, cursor: Cursor, tasks: Sequence[PlannedTask]) -> bool:
+        """Evaluate the gates of a step's tool calls; store and report any pause."""
+        paused = False
+        for task in tasks:
+            call = task.tool_call
+            if call is None:
+                continue
+            reason = self._gate_reason(call)
+            if reason is None:
+                continue
+            paused = True
+            record = {
+                "tool_call_id": call.id,
+                "tool": call.name,
+                "args": jsonable(call.args),
+                "reason": reason,
+            }
+            self.saver.put_writes(cursor.tup.config, [(INTERRUPT, record)], task.id)
+        return paused
+
     def _superstep(
         self,
         cursor: Cursor,
         tasks: Sequence[PlannedTask],
         decisions: dict[str, dict[str, Any]],
-        thread_id: str,
-        ns: str,
-        who: str,
-        run_id: str,
+        run: _Run,
     ) -> Cursor:
+        thread_id, ns, who, run_id = run.thread_id, run.ns, run.who, run.run_id
         stored = cursor.writes_by_task()
         finished: list[StepWrites] = []
         todo: list[PlannedTask] = []
@@ -662,12 +651,16 @@ class Agent:
         values = cursor.values()
         values[START] = (cursor.checkpoint.get("channel_values") or {}).get(START)
 
-        def run(task: PlannedTask) -> list[tuple[str, Any]]:
+        def execute(task: PlannedTask) -> list[tuple[str, Any]]:
             writes = self._run_task(task, values, decisions, thread_id)
             self.saver.put_writes(cursor.tup.config, writes, task.id, task.path)
             return writes
 
-        results, failure = run_parallel(todo, run)
+        lease = run.lease
+        assert lease is not None
+        lease.check()
+        with lease.heartbeat():
+            results, failure = run_parallel(todo, execute)
         if failure is not None:
             failed = [t for t in todo if all(r.task.id != t.id for r in results)]
             for task in failed:
@@ -691,6 +684,8 @@ class Agent:
             messages=cursor.messages.items,
             snapshot=snapshot,
         )
+        # Nothing is stored if another process took the thread over meanwhile.
+        lease.check()
         actors = sorted({str(d["actor"]) for d in decisions.values() if d.get("actor")})
         metadata: dict[str, Any] = {
             "source": "loop",
@@ -806,18 +801,17 @@ class Agent:
             )
             return [(MESSAGES, [msg.with_id()]), back]
         raw_args = call.args
+        key = f"{thread_id}:{call.id}"
         if decision and decision.get("kind") == "modify":
             raw_args = decision.get("args") or raw_args
-        key = f"{thread_id}:{call.id}"
+            # Changed arguments are a different request to the outside system.
+            digest = hashlib.sha256(
+                json.dumps(raw_args, sort_keys=True, default=str).encode()
+            ).hexdigest()[:12]
+            key = f"{key}:{digest}"
         try:
             args = tool.validate(raw_args)
             result = tool.call(args, key)
-            content = (
-                result
-                if isinstance(result, str)
-                else json.dumps(jsonable(result), ensure_ascii=False)
-            )
-            msg = ToolMessage(content=content, tool_call_id=call.id, name=call.name)
         except Exception as exc:
             log.warning(
                 "thread %s: tool %s raised %s", thread_id, call.name, type(exc).__name__
@@ -828,6 +822,10 @@ class Agent:
                 name=call.name,
                 status="error",
             )
+            return [(MESSAGES, [msg.with_id()]), back]
+        msg = ToolMessage(
+            content=_result_text(result), tool_call_id=call.id, name=call.name
+        )
         return [(MESSAGES, [msg.with_id()]), back]
 
     # -- human in the loop ------------------------------------------------------
@@ -904,19 +902,46 @@ class Agent:
 
         Return the state and whether every gated call of the step is decided.
         Raise `StaleDecision` when the checkpoint is no longer the newest or
-        the call is not waiting (or was decided by someone else first).
+        the call is not waiting (or was decided by someone else first), and
+        `ThreadConflict` while a run holds the thread for longer than a moment.
         """
+        thread_id = _parts(config)[0]
+        with self._lease(thread_id, wait=DECISION_WAIT_SECONDS):
+            return self._record_decision(
+                config, kind, actor, tool_call_id, reason=reason, args=args
+            )
+
+    def _record_decision(
+        self,
+        config: Config,
+        kind: str,
+        actor: str,
+        tool_call_id: str | None,
+        *,
+        reason: str | None,
+        args: dict[str, Any] | None,
+    ) -> tuple[State, bool]:
         thread_id, ns, checkpoint_id = _parts(config)
+        if not actor or not str(actor).strip():
+            raise ValueError("a decision needs the actor who made it")
         head = self.saver.get_tuple(thread_config(thread_id, None, ns))
         if head is None:
             raise ThreadNotFound(thread_id)
-        if checkpoint_id and checkpoint_id != head.checkpoint["id"]:
+        head_id = head.checkpoint["id"]
+        if checkpoint_id and checkpoint_id != head_id:
             raise StaleDecision(
                 thread_id,
                 checkpoint_id,
                 "the run has moved on; decide on the newest checkpoint",
             )
         state = build_state(head, values=None)
+        if not state.interrupts and state.pending_tool_calls:
+            # Nobody has evaluated this checkpoint's gates yet (it was made by a
+            # manual update or a crash): evaluate them now, once.
+            cursor = load_cursor(self.saver, head)
+            if self._gate(cursor, plan_tasks(cursor, set(self.tools))):
+                head = self.saver.get_tuple(head.config) or head
+                state = build_state(head, values=None)
         gated = {
             i.value["tool_call_id"]: i.value
             for i in state.interrupts
@@ -931,22 +956,18 @@ class Agent:
                 )
             if not waiting:
                 raise StaleDecision(
-                    thread_id,
-                    head.checkpoint["id"],
-                    "no tool call is waiting for a decision",
+                    thread_id, head_id, "no tool call is waiting for a decision"
                 )
             tool_call_id = waiting[0]
         if tool_call_id not in gated:
             raise StaleDecision(
-                thread_id,
-                head.checkpoint["id"],
-                f"tool call {tool_call_id!r} is not waiting",
+                thread_id, head_id, f"tool call {tool_call_id!r} is not waiting"
             )
         if tool_call_id in state.decisions:
             prior = state.decisions[tool_call_id]
             raise StaleDecision(
                 thread_id,
-                head.checkpoint["id"],
+                head_id,
                 f"tool call {tool_call_id!r} was already decided "
                 f"({prior.get('kind')} by {prior.get('actor')})",
             )
@@ -957,18 +978,25 @@ class Agent:
             "kind": kind,
             "actor": actor,
             "reason": reason,
+            "at": now_iso(),
             "nonce": uuid.uuid4().hex,
         }
         if kind == "modify":
             tool = self.tools.get(call_name)
             if tool is None:
                 raise AgentChanged(thread_id, f"tool {call_name!r} no longer exists")
-            coerced = tool.validate(args or {})
+            coerced = tool.validate(args if isinstance(args, dict) else {})
             record["args"] = jsonable(coerced)
-            record["gate"] = self._gate_reason(
+            gate = self._gate_reason(
                 ToolCall(name=call_name, args=record["args"], id=tool_call_id)
             )
-        task_id = task_id_for(head.checkpoint["id"], call_name, tool_call_id)
+            record["gate"] = gate
+            # The reviewer answered the rule that stopped the call. New arguments
+            # that trip a rule the proposal did not are gated again.
+            held = set(str(gated[tool_call_id].get("reason") or "").split("; "))
+            if gate and not set(gate.split("; ")) <= held:
+                return self._regate(head, record), False
+        task_id = task_id_for(head_id, call_name, tool_call_id)
         self.saver.put_writes(head.config, [(DECISION, record)], f"{task_id}:decision")
         # The first decision stored wins; a later one is ignored by the store.
         after = self.saver.get_tuple(head.config)
@@ -978,7 +1006,7 @@ class Agent:
         if stored.get("nonce") != record["nonce"]:
             raise StaleDecision(
                 thread_id,
-                head.checkpoint["id"],
+                head_id,
                 f"tool call {tool_call_id!r} was already decided "
                 f"({stored.get('kind')} by {stored.get('actor')})",
             )
@@ -987,6 +1015,61 @@ class Agent:
         )
         complete = all(c in now.decisions for c in gated)
         return now, complete
+
+    def _regate(self, head: CheckpointTuple, record: dict[str, Any]) -> State:
+        """Store the modified call as a new proposal and evaluate its gates."""
+        conf = head.config["configurable"]
+        cursor = load_cursor(self.saver, head)
+        call_id = record["tool_call_id"]
+        for msg in reversed(cursor.messages.items):
+            if isinstance(msg, AIMessage) and any(
+                c.id == call_id for c in msg.tool_calls
+            ):
+                changed = copy.copy(msg)
+                changed.tool_calls = [
+                    ToolCall(name=c.name, args=dict(record["args"]), id=c.id)
+                    if c.id == call_id
+                    else c
+                    for c in msg.tool_calls
+                ]
+                cursor.messages.apply([[changed]])
+                break
+        checkpoint = build_checkpoint(
+            head.checkpoint,
+            updates={MESSAGES: True},
+            consumed=(),
+            seen={},
+            messages=cursor.messages.items,
+            snapshot=True,
+            after=head.checkpoint["id"],
+        )
+        metadata = self._metadata(
+            "update", cursor.step + 1, record["actor"], str(uuid.uuid4())
+        )
+        metadata["writes"] = {"modify": 1}
+        metadata["decisions"] = [
+            {
+                k: record.get(k)
+                for k in ("tool_call_id", "kind", "actor", "reason", "gate")
+            }
+        ]
+        tup = put_checkpoint(
+            self.saver,
+            conf["thread_id"],
+            conf.get("checkpoint_ns", ""),
+            head.checkpoint["id"],
+            checkpoint,
+            metadata,
+            expected_head=head.checkpoint["id"],
+        )
+        fresh = Cursor(tup=tup, messages=cursor.messages, other=cursor.other)
+        self._gate(fresh, plan_tasks(fresh, set(self.tools)))
+        log.info(
+            "thread %s: modified call %s trips a new rule and waits again",
+            conf["thread_id"],
+            call_id,
+        )
+        return self._paused_state(fresh)
 
     def _decide(
         self,
@@ -999,18 +1082,18 @@ class Agent:
         args: dict[str, Any] | None = None,
     ) -> State:
         thread_id, ns, _ = _parts(config)
-        state, complete = self.record_decision(
-            config, kind, actor, tool_call_id, reason=reason, args=args
-        )
-        if not complete:
-            return self.get_state(thread_config(thread_id, None, ns))
-        try:
-            return self.invoke(
-                None, thread_config(thread_id, state.checkpoint_id, ns), actor=actor
+        run = _Run(thread_id, ns, actor, str(uuid.uuid4()), DEFAULT_STEP_LIMIT, None)
+        with self._lease(thread_id, wait=DECISION_WAIT_SECONDS) as lease:
+            run.lease = lease
+            state, complete = self._record_decision(
+                config, kind, actor, tool_call_id, reason=reason, args=args
             )
-        except ThreadConflict:
-            # Another reviewer's decision completed the step and runs it.
-            return self.get_state(thread_config(thread_id, None, ns))
+            head = self.saver.get_tuple(thread_config(thread_id, None, ns))
+            assert head is not None
+            if not complete or head.checkpoint["id"] != state.checkpoint_id:
+                return state_from_cursor(load_cursor(self.saver, head))
+            # Every gated call of the step is decided: run it, under this lease.
+            return self._loop(load_cursor(self.saver, head), run, resume=True)
 
     # -- manual updates ----------------------------------------------------------
 
@@ -1028,6 +1111,18 @@ class Agent:
         first answers each of them with a "not executed" tool message, so the
         conversation stays valid and the model proposes again.
         """
+        thread_id = _parts(config)[0]
+        with self._lease(thread_id, wait=DECISION_WAIT_SECONDS):
+            return self._update_state(config, values, as_node=as_node, actor=actor)
+
+    def _update_state(
+        self,
+        config: Config,
+        values: dict[str, Any],
+        *,
+        as_node: str | None,
+        actor: str | None,
+    ) -> AwaitableConfig:
         thread_id, ns, checkpoint_id = _parts(config)
         who = _actor_of(config, actor)
         head = self.saver.get_tuple(thread_config(thread_id, None, ns))
@@ -1040,9 +1135,11 @@ class Agent:
                 raise CheckpointNotFound(thread_id, checkpoint_id)
             target = found
         cursor = load_cursor(self.saver, target)
+        fold_finished_writes(cursor)
         pending = unanswered_tool_calls(cursor.messages.items)
         updates: dict[str, Any] = {}
-        new_messages = [coerce_message(m).with_id() for m in values.get(MESSAGES) or []]
+        payload = _normalize_input(values)
+        new_messages = [m.with_id() for m in payload.get(MESSAGES) or []]
         if new_messages:
             writes: list[BaseMessage] = []
             if (
@@ -1054,7 +1151,7 @@ class Agent:
             writes.extend(new_messages)
             cursor.messages.apply([writes])
             updates[MESSAGES] = True
-        for key, value in values.items():
+        for key, value in payload.items():
             if key != MESSAGES:
                 cursor.other[key] = value
                 updates[key] = value
@@ -1072,6 +1169,7 @@ class Agent:
             seen={},
             messages=cursor.messages.items,
             snapshot=True,
+            after=head.checkpoint["id"],
         )
         metadata = self._metadata("update", cursor.step + 1, who, str(uuid.uuid4()))
         metadata["writes"] = {as_node or "update": len(values)}
@@ -1140,6 +1238,16 @@ def _route(
     return []
 
 
+def _result_text(result: Any) -> str:
+    """Return a tool's result as the text the model reads (JSON when it can)."""
+    if isinstance(result, str):
+        return result
+    try:
+        return json.dumps(jsonable(result), ensure_ascii=False)
+    except Exception:  # a result that is not JSON still ran: say what it was
+        return str(result)
+
+
 def _not_executed(calls: Sequence[ToolCall]) -> list[BaseMessage]:
     return [
         ToolMessage(
@@ -1150,19 +1258,21 @@ def _not_executed(calls: Sequence[ToolCall]) -> list[BaseMessage]:
 
 
 def _copy_checkpoint(
-    source: dict[str, Any], messages: Sequence[BaseMessage]
+    source: dict[str, Any],
+    messages: Sequence[BaseMessage],
+    *,
+    after: str | None = None,
 ) -> dict[str, Any]:
     """Return a copy of a checkpoint with a new id and a full message snapshot."""
     from agentmatic import ids
     from agentmatic.checkpoint.serde import DeltaSnapshot
-    from agentmatic.runtime import now_iso
 
     values = {k: v for k, v in (source.get("channel_values") or {}).items()}
     if messages or MESSAGES in values:
         values[MESSAGES] = DeltaSnapshot(list(messages))
     return {
         "v": 4,
-        "id": ids.checkpoint_id(),
+        "id": ids.checkpoint_id(after=after),
         "ts": now_iso(),
         "channel_values": values,
         "channel_versions": dict(source.get("channel_versions") or {}),

@@ -11,6 +11,14 @@ class AgentmaticError(Exception):
     """Base of all Agentmatic errors."""
 
 
+class ConfigurationError(AgentmaticError, ValueError):
+    """A saver or the runtime is configured wrongly (a missing URL, a bad key)."""
+
+
+class InvalidThreadId(AgentmaticError, ValueError):
+    """A config names no thread, or a thread id that is not valid text."""
+
+
 class ThreadNotFound(AgentmaticError, LookupError):
     def __init__(self, thread_id: str) -> None:
         super().__init__(f"thread {thread_id!r} has no checkpoints")

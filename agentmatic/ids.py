@@ -18,13 +18,18 @@ _lock = threading.Lock()
 _last_ticks = 0
 
 
-def checkpoint_id() -> str:
-    """Return a new checkpoint id, greater than every id this process made."""
+def checkpoint_id(after: str | None = None) -> str:
+    """Return a new checkpoint id, greater than every id this process made.
+
+    With `after`, the id is also greater than that one, so a checkpoint always
+    sorts after its parent even when this host's clock is behind the host
+    that wrote the parent.
+    """
     global _last_ticks
+    floor = _ticks_of(after) if after else 0
     with _lock:
         ticks = time.time_ns() // 100 + _GREGORIAN_OFFSET
-        if ticks <= _last_ticks:
-            ticks = _last_ticks + 1
+        ticks = max(ticks, _last_ticks + 1, floor + 1)
         _last_ticks = ticks
     time_high = (ticks >> 12) & 0xFFFF_FFFF_FFFF
     time_low = ticks & 0x0FFF
@@ -33,8 +38,16 @@ def checkpoint_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+def _ticks_of(checkpoint_id: str) -> int:
+    try:
+        value = uuid.UUID(checkpoint_id).int
+    except ValueError:
+        return 0
+    if (value >> 76) & 0xF != 6:
+        return 0
+    return ((value >> 80) << 12) | ((value >> 64) & 0x0FFF)
+
+
 def checkpoint_time_ns(checkpoint_id: str) -> int:
     """Return the Unix time in ns encoded in a UUIDv6 checkpoint id."""
-    value = uuid.UUID(checkpoint_id).int
-    ticks = ((value >> 80) << 12) | ((value >> 64) & 0x0FFF)
-    return (ticks - _GREGORIAN_OFFSET) * 100
+    return (_ticks_of(checkpoint_id) - _GREGORIAN_OFFSET) * 100

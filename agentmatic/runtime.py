@@ -20,9 +20,11 @@ costs the same at step 1,000 as at step 10.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,6 +111,65 @@ class Cursor:
         return out
 
 
+def fold_finished_writes(cursor: Cursor) -> None:
+    """Add the messages of tasks that finished at this checkpoint to its log.
+
+    Used when leaving a checkpoint whose step was interrupted half way (a
+    crash, new input): what ran is kept, so nothing is answered as "not
+    executed" after it ran.
+    """
+    cursor.messages.apply(
+        [v for _task, ch, v in cursor.tup.pending_writes or [] if ch == MESSAGES]
+    )
+
+
+class Lease:
+    """This process's claim on a thread, kept alive while tasks run.
+
+    A heartbeat thread renews the claim every third of its time to live while
+    a step's tasks run; if a renewal fails (another process took over after
+    the claim lapsed), `check()` raises before anything more is written.
+    """
+
+    def __init__(self, saver: BaseSaver, thread_id: str, owner: str, ttl: float):
+        self.saver = saver
+        self.thread_id = thread_id
+        self.owner = owner
+        self.ttl = ttl
+        self.lost = False
+
+    def renew(self) -> bool:
+        if not self.saver.acquire_lease(self.thread_id, self.owner, self.ttl):
+            self.lost = True
+        return not self.lost
+
+    def check(self) -> None:
+        if self.lost or not self.renew():
+            raise ThreadConflict(
+                self.thread_id, "this process lost its claim on the thread"
+            )
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.ttl / 3):
+                if not self.renew():
+                    return
+
+        thread = threading.Thread(target=beat, name="agentmatic-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def release(self) -> None:
+        self.saver.release_lease(self.thread_id, self.owner)
+
+
 def load_cursor(saver: BaseSaver, tup: CheckpointTuple) -> Cursor:
     conf = tup.config["configurable"]
     resolver = ValueResolver(saver, conf["thread_id"], conf.get("checkpoint_ns", ""))
@@ -160,12 +221,14 @@ def build_checkpoint(
     seen: dict[str, dict[str, Any]],
     messages: list[BaseMessage] | None,
     snapshot: bool,
+    after: str | None = None,
 ) -> dict[str, Any]:
     """Return the checkpoint that follows `base` after these channel changes.
 
     `updates` maps channels to their new stored value (None for a trigger);
     `consumed` triggers are cleared. Every changed channel gets one new
     version, greater than every version in `base`, as LangGraph numbers them.
+    The new id sorts after `base` and after `after` (the thread's newest).
     """
     base = base or {}
     versions = dict(base.get("channel_versions") or {})
@@ -194,7 +257,7 @@ def build_checkpoint(
         versions_seen.setdefault(node, {}).update(chans)
     return {
         "v": 4,
-        "id": ids.checkpoint_id(),
+        "id": ids.checkpoint_id(after=max(base.get("id") or "", after or "") or None),
         "ts": now_iso(),
         "channel_values": stored,
         "channel_versions": versions,

@@ -9,6 +9,7 @@ the same call.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import inspect
 import json
@@ -81,7 +82,9 @@ class Tool:
             )
         self.model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
             f"{self.name}_args",
-            __config__=pydantic.ConfigDict(extra="forbid"),
+            # NaN and infinity compare false with everything, so a gate such as
+            # `amount >= 100` would wave them through: refuse them here.
+            __config__=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False),
             **fields,
         )
         schema = self.model.model_json_schema()
@@ -121,9 +124,16 @@ class Tool:
         kwargs = dict(args)
         if self.wants_idempotency_key:
             kwargs[IDEMPOTENCY_PARAM] = idempotency_key
-        if self.is_async:
+        if not self.is_async:
+            return self.fn(**kwargs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
             return asyncio.run(self.fn(**kwargs))
-        return self.fn(**kwargs)
+        # Called from a thread that runs an event loop (a notebook): run the
+        # coroutine on a loop of its own in a worker thread.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.fn(**kwargs)).result()
 
 
 def as_tool(fn: Callable[..., Any] | Tool) -> Tool:

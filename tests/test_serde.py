@@ -285,7 +285,13 @@ def test_it_admits_a_type_named_as_a_dotted_string() -> None:
 
 def test_it_writes_generic_types_byte_for_byte_as_langgraph() -> None:
     value = [Point(1, 2), Colour.RED, Pair(1, 2), Invoice(number=1), ValueError("x")]
-    assert Serializer().dumps_typed(value) == JsonPlusSerializer().dumps_typed(value)
+    ours = Serializer(allow=[Point, Colour, Pair, Invoice])
+    assert ours.dumps_typed(value) == JsonPlusSerializer().dumps_typed(value)
+
+
+def test_it_refuses_to_write_a_type_it_could_not_read_back() -> None:
+    with pytest.raises(DisallowedType, match="Point"):
+        Serializer().dumps_typed({"state": [Point(1, 2)]})
 
 
 def test_the_msgpack_shortcuts_round_trip() -> None:

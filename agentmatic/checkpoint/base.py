@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from agentmatic.checkpoint.serde import Serializer
-from agentmatic.errors import ThreadConflict
+from agentmatic.errors import InvalidThreadId, ThreadConflict
 from agentmatic.state import Config, State, ThreadInfo, ThreadPage
 
 if TYPE_CHECKING:
@@ -82,7 +82,11 @@ def config_parts(config: Config) -> tuple[str, str, str | None]:
     conf = config.get("configurable") or {}
     thread_id = conf.get("thread_id")
     if thread_id is None or thread_id == "":
-        raise ValueError("config needs configurable.thread_id")
+        raise InvalidThreadId("config needs configurable.thread_id")
+    try:
+        str(thread_id).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidThreadId(f"thread id {thread_id!r} is not valid text") from None
     return (
         str(thread_id),
         str(conf.get("checkpoint_ns") or ""),
@@ -98,6 +102,13 @@ def check_filter_keys(filter: dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(key, str) or not key or not set(key) <= FILTER_KEY_CHARS:
             raise ValueError(f"metadata filter key {key!r} is not a plain identifier")
     return filter
+
+
+def check_limit(limit: int | None) -> int | None:
+    """Return a history or listing limit, refusing negative ones on every saver."""
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a whole number of at least 0, not {limit!r}")
+    return limit
 
 
 def metadata_matches(metadata: dict[str, Any], filter: dict[str, Any]) -> bool:
@@ -269,6 +280,41 @@ class BaseSaver(ABC):
         if self.chain is not None and checkpoint_ids:
             self.chain.anchor(self, thread_id, checkpoint_ns, checkpoint_ids)
 
+    def with_values_inlined(
+        self, tup: CheckpointTuple
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Return the checkpoint with its delta channels stored whole, and its
+        metadata (sealed again when chained); None if nothing is missing.
+
+        For a checkpoint about to lose its ancestors (`prune` keeps only the
+        newest), whose delta channels' values live in those ancestors.
+        """
+        from agentmatic.checkpoint.reading import ValueResolver, is_state_channel
+        from agentmatic.checkpoint.serde import DeltaSnapshot
+
+        conf = tup.config["configurable"]
+        ns = str(conf.get("checkpoint_ns") or "")
+        stored = dict(tup.checkpoint.get("channel_values") or {})
+        missing = [
+            ch
+            for ch in tup.checkpoint.get("channel_versions") or {}
+            if is_state_channel(ch) and ch not in stored
+        ]
+        if not missing:
+            return None
+        resolver = ValueResolver(self, conf["thread_id"], ns)
+        resolver.add([tup])
+        values = resolver.values(tup)
+        for ch in missing:
+            if ch in values:
+                stored[ch] = DeltaSnapshot(values[ch])
+        checkpoint = {**tup.checkpoint, "channel_values": stored}
+        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        metadata = self.sealed_metadata(
+            conf["thread_id"], ns, parent, checkpoint, dict(tup.metadata or {})
+        )
+        return checkpoint, metadata
+
     def close(self) -> None:  # noqa: B027 - savers without connections keep it
         """Release connections; the saver is not used afterwards."""
 
@@ -286,6 +332,7 @@ class BaseSaver(ABC):
         """Return the thread's states newest first, read without its agent."""
         from agentmatic.checkpoint.reading import history
 
+        check_limit(limit)
         return history(
             self,
             thread_id,

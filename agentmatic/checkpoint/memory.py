@@ -98,6 +98,15 @@ class MemorySaver(BaseSaver):
             pending_writes=pending,
         )
 
+    def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
+        with self._lock:
+            for tid, namespaces in self._threads.items():
+                for ns, stored in namespaces.items():
+                    item = stored.get(checkpoint_id)
+                    if item is not None:
+                        return self._tuple(tid, ns, checkpoint_id, item)
+        return None
+
     def list(
         self,
         config: dict[str, Any] | None,
@@ -297,8 +306,16 @@ class MemorySaver(BaseSaver):
             return
         for ch in missing:
             stored[ch] = DeltaSnapshot(values[ch])
+        metadata = item.metadata
+        if self.chain is not None:
+            # The content changed on purpose: seal it again (same parent link).
+            metadata = self.serde.dumps_typed(
+                self.sealed_metadata(
+                    thread_id, ns, item.parent_id, checkpoint, tup.metadata
+                )
+            )
         self._threads[thread_id][ns][checkpoint_id] = _Stored(
-            self.serde.dumps_typed(checkpoint), item.metadata, item.parent_id
+            self.serde.dumps_typed(checkpoint), metadata, item.parent_id
         )
 
     # -- leases --------------------------------------------------------------

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agentmatic.checkpoint.serde import DeltaSnapshot
+from agentmatic.errors import SerializationError
 from agentmatic.messages import (
     AIMessage,
     BaseMessage,
@@ -30,6 +32,8 @@ from agentmatic.state import Interrupt, State, Task, ThreadInfo, ThreadPage
 
 if TYPE_CHECKING:
     from agentmatic.checkpoint.base import BaseSaver, CheckpointTuple
+
+log = logging.getLogger(__name__)
 
 START = "__start__"
 ERROR = "__error__"
@@ -486,11 +490,18 @@ def encode_cursor(updated_at: str, thread_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
+    """Return the position a cursor from `encode_cursor` names, or raise."""
     try:
-        updated_at, thread_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(updated_at), str(thread_id)
+        value = json.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"malformed thread cursor {cursor!r}") from exc
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ValueError(f"malformed thread cursor {cursor!r}")
+    return value[0], value[1]
 
 
 def list_threads_by_scan(
@@ -501,7 +512,12 @@ def list_threads_by_scan(
 
     infos: list[ThreadInfo] = []
     for thread_id in saver.thread_ids():
-        tuples = list(saver.list(thread_config(thread_id)))
+        try:
+            tuples = list(saver.list(thread_config(thread_id)))
+        except SerializationError as exc:
+            # One unreadable thread must not hide every other one.
+            log.warning("thread %s is unreadable and left out: %s", thread_id, exc)
+            continue
         if not tuples:
             continue
         first_meta = dict(tuples[-1].metadata or {})

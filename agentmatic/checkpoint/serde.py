@@ -39,6 +39,7 @@ import re
 import sys
 import uuid
 from collections import deque
+from contextvars import ContextVar
 from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any, NamedTuple
@@ -166,8 +167,29 @@ class OpaqueValue:
 # --- encoding ------------------------------------------------------------------
 
 
+# While a Serializer writes, the (module, name) pairs of the classes its reader
+# would rebuild; a value of any other class is refused before it is stored,
+# since no reader could ever get it back.
+_WRITABLE: ContextVar[Callable[[str, str], bool] | None] = ContextVar(
+    "agentmatic_writable", default=None
+)
+
+
 def _pack(obj: Any) -> bytes:
     return ormsgpack.packb(obj, default=_default, option=_PACK_OPTIONS)
+
+
+# The refused class's name, since ormsgpack replaces the hook's exception.
+_REFUSED: ContextVar[list[str] | None] = ContextVar("agentmatic_refused", default=None)
+
+
+def _check_writable(module: str, name: str) -> None:
+    allowed = _WRITABLE.get()
+    if allowed is not None and not allowed(module, name):
+        refused = _REFUSED.get()
+        if refused is not None:
+            refused.append(f"{module}.{name}")
+        raise TypeError(f"{module}.{name} could not be read back")
 
 
 def _ext(code: int, *parts: Any) -> ormsgpack.Ext:
@@ -266,6 +288,8 @@ def _default(obj: Any) -> Any:
         return _encode_message(obj)
     cls = obj.__class__
     module, name = cls.__module__, cls.__name__
+    if _is_generic_class_value(obj):
+        _check_writable(module, name)
     if callable(getattr(obj, "model_dump", None)):
         return _ext(
             EXT_PYDANTIC_V2, module, name, obj.model_dump(), "model_validate_json"
@@ -331,6 +355,18 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, BaseException):
         return repr(obj)
     raise TypeError(f"values of type {module}.{name} cannot be serialized")
+
+
+def _is_generic_class_value(obj: Any) -> bool:
+    """Return True for values written by class name and rebuilt only if allowed."""
+    return (
+        callable(getattr(obj, "model_dump", None))
+        or callable(getattr(obj, "dict", None))
+        or callable(getattr(obj, "_asdict", None))
+        or callable(getattr(obj, "get_secret_value", None))
+        or (isinstance(obj, Enum) and type(obj) not in _ENCODERS)
+        or (dataclasses.is_dataclass(obj) and not isinstance(obj, type))
+    ) and not _looks_like_send(obj)
 
 
 def _looks_like_send(obj: Any) -> bool:
@@ -649,11 +685,29 @@ class Serializer:
     # Writing
 
     def dumps(self, obj: Any) -> bytes:
-        """Return `obj` as msgpack bytes (never encrypted)."""
+        """Return `obj` as msgpack bytes (never encrypted).
+
+        A value of a class this serializer would refuse to rebuild is refused
+        now, with `DisallowedType`, rather than stored and found unreadable.
+        """
+        refused: list[str] = []
+        token = _WRITABLE.set(self._writable)
+        refused_token = _REFUSED.set(refused)
         try:
             return _pack(obj)
         except TypeError as exc:
+            if refused:
+                raise DisallowedType(refused[0]) from None
             raise SerializationError(f"cannot serialize the value: {exc}") from exc
+        finally:
+            _WRITABLE.reset(token)
+            _REFUSED.reset(refused_token)
+
+    def _writable(self, module: str, name: str) -> bool:
+        return (module, name) in self._allowed or (
+            module,
+            name,
+        ) in _REVIVERS
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         """Return ``(tag, bytes)`` for `obj`, as LangGraph would write it."""

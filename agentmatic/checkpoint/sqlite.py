@@ -58,6 +58,7 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
+    check_limit,
     config_parts,
     thread_config,
 )
@@ -1018,6 +1019,7 @@ class SQLiteSaver(BaseSaver):
         With ``values=False`` only the index and the interrupt, decision and
         error writes are read; no checkpoint or message is decoded.
         """
+        check_limit(limit)
         thread_id = str(thread_id)
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)

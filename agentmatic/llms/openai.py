@@ -312,7 +312,11 @@ def message_from_openai(completion: ChatCompletion) -> AIMessage:
     message = choice.message
     tool_calls: list[ToolCall] = []
     invalid: list[dict[str, Any]] = []
-    for raw in message.tool_calls or []:
+    for index, raw in enumerate(message.tool_calls or []):
+        # A compatible server may leave ids out; calls still need distinct ones
+        # so each gets its own answer and idempotency key.
+        if not getattr(raw, "id", None):
+            raw.id = f"call_{completion.id or 'local'}_{index}_{uuid.uuid4().hex[:8]}"
         function = getattr(raw, "function", None)
         if function is None:
             invalid.append(
@@ -323,8 +327,12 @@ def message_from_openai(completion: ChatCompletion) -> AIMessage:
             continue
         arguments = function.arguments
         try:
-            args = json.loads(arguments) if arguments else {}
-        except json.JSONDecodeError as exc:
+            args = (
+                json.loads(arguments, parse_constant=_refuse_constant)
+                if arguments
+                else {}
+            )
+        except (json.JSONDecodeError, ValueError) as exc:
             invalid.append(_invalid(function.name, arguments, raw.id, str(exc)))
             continue
         if not isinstance(args, dict):
@@ -407,3 +415,8 @@ def _retry_after(exc: openai_sdk.APIStatusError) -> float | None:
     except ValueError:
         return None
     return None
+
+
+def _refuse_constant(name: str) -> Any:
+    """Refuse NaN and Infinity in arguments: no gate can compare them safely."""
+    raise ValueError(f"{name} is not a number a tool can be given")
