@@ -39,8 +39,8 @@ import re
 import sys
 import uuid
 from collections import deque
-from contextvars import ContextVar
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from enum import Enum
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
