@@ -13,9 +13,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-# The runs app's live-update consumers are routed here once they exist;
-# each must refuse a scope whose user is anonymous.
-websocket_urlpatterns: list = []
+# Each consumer refuses a scope whose user is anonymous or lacks the
+# permission of the page it feeds.
+from runs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

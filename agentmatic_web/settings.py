@@ -119,6 +119,11 @@ AGENTMATIC_READONLY_FILES = [
 # Where runs execute: "thread" runs them in a pool inside the server
 # process (embedded default); "celery" hands them to Celery workers.
 AGENTMATIC_RUNNER = env_choice("AGENTMATIC_RUNNER", "thread", ("thread", "celery"))
+AGENTMATIC_RUNNER_THREADS = env_int("AGENTMATIC_RUNNER_THREADS", 4)
+
+# The agents the console can run and resume, by name: "module:factory", where
+# the factory takes a checkpoint saver and returns a built Agent.
+AGENTMATIC_AGENTS = {"payments": "approvals.demo:build_payments_agent"}
 
 # --- Channels and Celery --------------------------------------------------
 
@@ -176,6 +181,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # One name for a decision's kind, asked for (decision) or answered (kind).
+    "ENUM_NAME_OVERRIDES": {"DecisionKindEnum": "approvals.models.DecisionKind"},
 }
 
 SESSION_COOKIE_SECURE = not DEBUG

@@ -37,5 +37,6 @@ urlpatterns = [
     path("threads/", include("runs.urls")),
     path("retention/", include("checkpoints.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/", include("runs.api")),
     path("admin/", admin.site.urls),
 ]

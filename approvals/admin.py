@@ -8,7 +8,13 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from approvals.models import ApprovalPolicy, ApproverLimit, Decision
+from approvals.models import (
+    ApprovalPolicy,
+    ApproverLimit,
+    Decision,
+    PendingCall,
+    Refund,
+)
 
 
 @admin.register(ApprovalPolicy)
@@ -75,3 +81,43 @@ class DecisionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the console itself: shown, never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(PendingCall)
+class PendingCallAdmin(ReadOnlyAdmin):
+    list_display = [
+        "waiting_since",
+        "tool",
+        "amount",
+        "currency",
+        "agent",
+        "thread_id",
+        "state",
+    ]
+    list_filter = ["state", "tool", "agent"]
+    search_fields = ["thread_id", "tool_call_id"]
+    date_hierarchy = "waiting_since"
+    show_full_result_count = False
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdmin):
+    """The demo's payment system: what the payments agent actually sent."""
+
+    list_display = ["created_at", "amount", "currency", "to_account", "thread_id"]
+    search_fields = ["thread_id", "to_account", "idempotency_key"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False

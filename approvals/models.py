@@ -7,7 +7,9 @@ proposal that has since moved on can be recognised as stale.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -15,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 # Every amount: up to a trillion with cents.
 MAX_DIGITS, DECIMAL_PLACES = 14, 2
@@ -177,11 +180,13 @@ class DecisionKind(models.TextChoices):
 
 
 class DecisionStatus(models.TextChoices):
+    AWAITING = "awaiting", "Awaiting second approver"
     RECORDED = "recorded", "Recorded"
     RESUMED = "resumed", "Run resumed"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
     STALE = "stale", "Stale"
+    OVERRULED = "overruled", "Overruled"
 
 
 class DecisionQuerySet(models.QuerySet["Decision"]):
@@ -248,6 +253,20 @@ class Decision(models.Model):
     status = models.CharField(
         max_length=16, choices=DecisionStatus.choices, default=DecisionStatus.RECORDED
     )
+    final = models.BooleanField(
+        default=False,
+        help_text="This decision was written to the checkpoint: the one that "
+        "counts. At most one per call; a first approval awaiting a second "
+        "approver is not final.",
+    )
+    run = models.ForeignKey(
+        "runs.Run",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="decisions",
+        help_text="The run that resumed the thread after this decision.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -261,6 +280,14 @@ class Decision(models.Model):
                 fields=["thread_id", "checkpoint_id", "tool_call_id", "actor"],
                 name="approvals_decision_one_per_actor_per_call",
                 violation_error_message="You have already decided on this call.",
+            ),
+            # With the claim on PendingCall this is the second line of defence:
+            # two reviewers deciding at once never leave two final decisions.
+            models.UniqueConstraint(
+                fields=["thread_id", "checkpoint_id", "tool_call_id"],
+                condition=Q(final=True),
+                name="approvals_decision_one_final_per_call",
+                violation_error_message="This call has already been decided.",
             ),
             models.CheckConstraint(
                 condition=~Q(kind=DecisionKind.MODIFY) | Q(modified_args__isnull=False),
@@ -295,3 +322,215 @@ class Decision(models.Model):
     def clean(self) -> None:
         if self.kind == DecisionKind.REJECT and not self.reason.strip():
             raise ValidationError({"reason": "A rejection needs a reason."})
+
+    @property
+    def decided_args(self) -> dict[str, Any]:
+        """Return the arguments the decision let run (modified or proposed)."""
+        if self.kind == DecisionKind.MODIFY and self.modified_args is not None:
+            return dict(self.modified_args)
+        return dict(self.args or {})
+
+    @property
+    def changed_args(self) -> list[tuple[str, Any, Any]]:
+        """Return ``(name, proposed, decided)`` for each argument a reviewer changed."""
+        if self.kind != DecisionKind.MODIFY or self.modified_args is None:
+            return []
+        proposed, decided = self.args or {}, self.modified_args
+        names = list(dict.fromkeys([*proposed, *decided]))
+        return [
+            (name, proposed.get(name), decided.get(name))
+            for name in names
+            if proposed.get(name) != decided.get(name)
+        ]
+
+
+# How long a decider may hold a call (see PendingCallQuerySet.release_stale_claims).
+CLAIM_SECONDS = 60
+
+
+class CallState(models.TextChoices):
+    PENDING = "pending", "Waiting for a decision"
+    DECIDING = "deciding", "Being decided"
+    DECIDED = "decided", "Decided"
+    STALE = "stale", "No longer current"
+
+
+class PendingCallQuerySet(models.QuerySet["PendingCall"]):
+    def waiting(self) -> PendingCallQuerySet:
+        """Return the calls still waiting for a decision (a claim counts)."""
+        return self.filter(state__in=[CallState.PENDING, CallState.DECIDING])
+
+    def release_stale_claims(self) -> int:
+        """Give back calls whose decider vanished mid-decision; return how many.
+
+        A claim lasts the few seconds a decision takes; one older than
+        `CLAIM_SECONDS` belongs to a process that died, and would otherwise
+        keep the call from everyone.
+        """
+        cutoff = timezone.now() - timedelta(seconds=CLAIM_SECONDS)
+        stale = self.filter(state=CallState.DECIDING, claimed_at__lt=cutoff)
+        if not stale.exists():  # no write on the usual page view
+            return 0
+        return stale.update(state=CallState.PENDING, claimed_at=None)
+
+    def mark_decided(self, **only_if: Any) -> int:
+        """Mark these calls decided now, noting how long each waited.
+
+        ``only_if`` narrows the update (``state=CallState.PENDING``), so a
+        caller that lost a race changes nothing. Return how many changed.
+        """
+        now = timezone.now()
+        changed = 0
+        for pk, since in self.filter(**only_if).values_list("pk", "waiting_since"):
+            waited = max(0, int((now - since).total_seconds()))
+            changed += self.filter(pk=pk, **only_if).update(
+                state=CallState.DECIDED, decided_at=now, wait_seconds=waited
+            )
+        return changed
+
+
+class PendingCall(models.Model):
+    """The queue's index of gated tool calls, one row per proposal.
+
+    The checkpoint saver is the truth: a gated call is an interrupt stored on
+    a thread's newest checkpoint. Reading every waiting thread's head on each
+    page would not stay fast at 100,000 rows, so the runner copies each pause
+    here when it happens, and the call page re-reads the head and corrects
+    the row when they disagree. The row is also what two reviewers race for:
+    deciding first claims it with a conditional update.
+    """
+
+    thread_id = models.CharField(max_length=255)
+    checkpoint_id = models.CharField(
+        max_length=64, help_text="The checkpoint that holds the proposal."
+    )
+    tool_call_id = models.CharField(max_length=255)
+    tool = models.CharField(max_length=100)
+    agent = models.CharField(max_length=100, blank=True)
+    args = models.JSONField(help_text="The arguments the model proposed.")
+    amount = models.DecimalField(
+        max_digits=MAX_DIGITS,
+        decimal_places=DECIMAL_PLACES,
+        null=True,
+        blank=True,
+        help_text="The amount read from the arguments, if any.",
+    )
+    currency = models.CharField(max_length=3, blank=True)
+    reason = models.TextField(
+        blank=True, help_text="Why the gate stopped the call, as the runtime stored it."
+    )
+    started_by = models.CharField(
+        max_length=150, blank=True, help_text="Who started the thread's run."
+    )
+    waiting_since = models.DateTimeField(
+        help_text="When the checkpoint holding the proposal was written."
+    )
+    state = models.CharField(
+        max_length=16, choices=CallState.choices, default=CallState.PENDING
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    wait_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="How long the call waited for its decision, in seconds.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PendingCallQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["waiting_since", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["thread_id", "checkpoint_id", "tool_call_id"],
+                name="approvals_pendingcall_one_per_call",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["state", "waiting_since", "id"], name="approvals_queue_idx"
+            ),
+            models.Index(
+                fields=["tool", "state", "waiting_since"],
+                name="approvals_queue_tool_idx",
+            ),
+            models.Index(
+                fields=["agent", "state", "waiting_since"],
+                name="approvals_queue_agent_idx",
+            ),
+            models.Index(
+                fields=["thread_id", "state"], name="approvals_queue_thread_idx"
+            ),
+            models.Index(
+                fields=["state", "decided_at", "wait_seconds"],
+                name="approvals_queue_decided_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool} on {self.thread_id} ({self.get_state_display()})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in (CallState.PENDING, CallState.DECIDING)
+
+    def decisions(self) -> DecisionQuerySet:
+        return Decision.objects.for_call(
+            self.thread_id, self.checkpoint_id, self.tool_call_id
+        )
+
+
+class CallViewer(models.Model):
+    """Who had a pending call open recently: the queue's "looking now"."""
+
+    call = models.ForeignKey(
+        PendingCall, on_delete=models.CASCADE, related_name="viewers"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call", "user"], name="approvals_viewer_one_per_user"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["call", "seen_at"], name="approvals_viewer_recent_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.call_id} at {self.seen_at}"
+
+
+class Refund(models.Model):
+    """A refund the demo payments agent sent: the demo's outside system.
+
+    The idempotency key is the runtime's "<thread>:<tool call>" key, unique,
+    so a retried call finds the refund it already made and never pays twice.
+    """
+
+    idempotency_key = models.CharField(max_length=512, unique=True)
+    thread_id = models.CharField(max_length=255, blank=True)
+    to_account = models.CharField(max_length=100)
+    amount = models.DecimalField(
+        max_digits=MAX_DIGITS,
+        decimal_places=DECIMAL_PLACES,
+        validators=[MinValueValidator(Decimal("0.01"))],
+    )
+    currency = models.CharField(max_length=3, help_text="ISO 4217 code.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount__gt=0), name="approvals_refund_amount_positive"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency} to {self.to_account}"

@@ -163,6 +163,8 @@ class ThreadRecord(models.Model):
                 fields=["status", "-updated_at"], name="runs_thread_status_idx"
             ),
             models.Index(fields=["agent", "-updated_at"], name="runs_thread_agent_idx"),
+            # A thread page lists its branches; the threads list counts them.
+            models.Index(fields=["forked_from_thread"], name="runs_thread_forks_idx"),
             # Prefix search on PostgreSQL: LIKE 'x%' uses a pattern_ops index
             # whatever the database collation. (On SQLite it is a plain index
             # that the range query in with_prefix() need not use.)

@@ -6,6 +6,12 @@
  *   <a href="…" data-swap="#target">          GET, put the response into #target
  *   <form … data-swap="#target">              submit by fetch, same
  *   <div data-poll="10" data-src="…">         refresh every 10 s while visible
+ *   <div data-live="/ws/…/" data-src="…">     refresh when the WebSocket says
+ *                                             something changed (polling with
+ *                                             data-poll, or every 15 s, while
+ *                                             the socket is down)
+ *   data-swap-mode="outer" on a link          replace the target itself (a
+ *                                             "load more" row becomes the rows)
  * The request carries "X-Partial: 1"; the server answers a fragment with
  * "X-Partial-Response: 1". Any other answer (a redirect to the login page,
  * say) is opened as a whole page instead.
@@ -56,7 +62,7 @@
     return new URL(url, window.location.href).origin === window.location.origin;
   }
 
-  function swap(target, url, options) {
+  function swap(target, url, options, mode) {
     target.setAttribute("aria-busy", "true");
     options.headers = Object.assign({ "X-Partial": "1" }, options.headers || {});
     options.credentials = "same-origin";
@@ -67,6 +73,13 @@
           return;
         }
         return response.text().then(function (html) {
+          if (mode === "outer") {
+            var parent = target.parentNode;
+            target.insertAdjacentHTML("afterend", html);
+            parent.removeChild(target);
+            renderTimes(parent);
+            return;
+          }
           target.innerHTML = html;
           renderTimes(target);
           if (target.hasAttribute("data-focus")) target.focus();
@@ -87,8 +100,9 @@
     var target = document.querySelector(link.dataset.swap);
     if (!target || !sameOrigin(link.href)) return;
     event.preventDefault();
-    swap(target, link.href, { method: "GET" });
+    swap(target, link.href, { method: "GET" }, link.dataset.swapMode);
     if (link.hasAttribute("data-push")) window.history.pushState({}, "", link.href);
+    markCurrent(link);
   });
 
   document.addEventListener("submit", function (event) {
@@ -119,6 +133,70 @@
       if (element.getAttribute("aria-busy") === "true") return;
       swap(element, element.dataset.src, { method: "GET" });
     }, seconds * 1000);
+  }
+
+  // The row whose link opened a detail panel is the list's current one.
+  function markCurrent(link) {
+    var item = link.closest("[data-nav-item]");
+    var list = link.closest("[data-nav-list]");
+    if (!item || !list) return;
+    list.querySelectorAll('[data-nav-item][aria-current="true"]').forEach(function (other) {
+      other.removeAttribute("aria-current");
+    });
+    item.setAttribute("aria-current", "true");
+  }
+
+  // --- Live updates ------------------------------------------------------
+
+  function startLive(element) {
+    var fallback = null;
+    var retries = 0;
+
+    // Never replace what someone is typing into; keep focus where it was.
+    function refresh() {
+      var active = document.activeElement;
+      if (element.contains(active) && isTyping(active)) return;
+      var focusedId = element.contains(active) && active.id ? active.id : null;
+      swap(element, element.dataset.src, { method: "GET" }).then(function () {
+        var again = focusedId && document.getElementById(focusedId);
+        if (again) again.focus();
+      });
+    }
+
+    function poll() {
+      if (fallback) return;
+      var seconds = Math.max(2, parseInt(element.dataset.poll, 10) || 15);
+      fallback = window.setInterval(function () {
+        if (document.hidden || element.getAttribute("aria-busy") === "true") return;
+        refresh();
+      }, seconds * 1000);
+    }
+
+    function connect() {
+      if (!("WebSocket" in window)) return poll();
+      var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+      var socket = new WebSocket(scheme + window.location.host + element.dataset.live);
+      socket.addEventListener("open", function () {
+        retries = 0;
+        if (fallback) {
+          window.clearInterval(fallback);
+          fallback = null;
+        }
+        // Catch up on what happened between the page's render and now.
+        refresh();
+      });
+      socket.addEventListener("message", refresh);
+      socket.addEventListener("close", function () {
+        // Poll while the socket is down; try it again a few times, slower each time.
+        poll();
+        if (retries < 5) {
+          retries += 1;
+          window.setTimeout(connect, 2000 * retries * retries);
+        }
+      });
+    }
+
+    connect();
   }
 
   window.addEventListener("popstate", function () {
@@ -159,7 +237,8 @@
 
   function start() {
     renderTimes(document);
-    document.querySelectorAll("[data-poll][data-src]").forEach(startPolling);
+    document.querySelectorAll("[data-poll][data-src]:not([data-live])").forEach(startPolling);
+    document.querySelectorAll("[data-live][data-src]").forEach(startLive);
     // Keep "4 min ago" true while the page stays open.
     window.setInterval(function () { renderTimes(document); }, 30000);
   }

@@ -46,3 +46,13 @@ def data_dir(settings, tmp_path):
     """Point settings.DATA_DIR at a fresh directory for this test."""
     settings.DATA_DIR = tmp_path
     return tmp_path
+
+
+# The thread pages' fixtures: a checkpoint store, its agents, some threads.
+from tests.web.console_support import (  # noqa: E402, F401 - fixtures
+    langgraph_file,
+    long_thread,
+    payments,
+    store,
+    waiting_thread,
+)
