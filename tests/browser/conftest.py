@@ -124,7 +124,9 @@ def _wait_for(port: int, server: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"the console did not start:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop in this thread while
+# it lives, and tests of other modules on the same worker must not see it.
+@pytest.fixture(scope="module")
 def browser():
     """Launch Debian's Chromium through Playwright (never a downloaded one)."""
     if not Path(CHROMIUM).exists():
