@@ -122,7 +122,8 @@ def test_a_worker_runs_a_queued_run_and_the_resume_after_an_approval(
 
     approved = run_console(celery_env, "approve", "case-celery", "rita-reviewer")
 
-    assert approved["status"] == "recorded"
+    # The worker may finish the resume before this process reads the status.
+    assert approved["status"] in ("recorded", "resumed", "done")
     wait_for(
         db,
         "SELECT status FROM approvals_decision WHERE id = ?",
