@@ -1,3 +1,3 @@
 """Fixtures shared by every test module."""
 
-pytest_plugins = ["tests.fake_openai", "tests.redisdb"]
+pytest_plugins = ["tests.fake_openai", "tests.redisdb", "tests.pg"]

@@ -102,22 +102,31 @@ Predicate = Callable[[dict[str, Any]], Any]
 
 @dataclass(frozen=True)
 class Gate:
-    """A condition under which a tool call waits for a human."""
+    """A condition under which a tool call waits for a human.
+
+    `reason` says why, for the people deciding: a text, or a function of the
+    call's arguments returning one (for example the policy that matched). A
+    predicate may also return a non-empty string, which is then the reason.
+    """
 
     tool: str
     predicate: Predicate | None
-    reason: str
+    reason: str | Callable[[dict[str, Any]], str]
 
     def check(self, args: dict[str, Any]) -> str | None:
         """Return why the call must wait, or None when it may run."""
-        if self.predicate is None:
-            return self.reason
         try:
-            if self.predicate(args):
-                return self.reason
+            if self.predicate is None:
+                return self._reason(args)
+            verdict = self.predicate(args)
+            if isinstance(verdict, str) and verdict:
+                return verdict
+            return self._reason(args) if verdict else None
         except Exception as exc:
             return f"the approval rule failed ({type(exc).__name__}: {exc}); held"
-        return None
+
+    def _reason(self, args: dict[str, Any]) -> str:
+        return str(self.reason(args)) if callable(self.reason) else self.reason
 
 
 @dataclass
@@ -196,7 +205,11 @@ class AgentBuilder:
         return self
 
     def interrupt_before_when(
-        self, *, tool: str, predicate: Predicate, reason: str | None = None
+        self,
+        *,
+        tool: str,
+        predicate: Predicate,
+        reason: str | Callable[[dict[str, Any]], str] | None = None,
     ) -> AgentBuilder:
         self._gates.append(
             Gate(tool, predicate, reason or f"approval rule for {tool} matched")
@@ -351,7 +364,8 @@ class Agent:
                 )
             time.sleep(0.05)
         try:
-            yield lease
+            with lease.heartbeat():
+                yield lease
         finally:
             lease.release()
 
@@ -659,8 +673,7 @@ class Agent:
         lease = run.lease
         assert lease is not None
         lease.check()
-        with lease.heartbeat():
-            results, failure = run_parallel(todo, execute)
+        results, failure = run_parallel(todo, execute)
         if failure is not None:
             failed = [t for t in todo if all(r.task.id != t.id for r in results)]
             for task in failed:

@@ -126,8 +126,8 @@ def fold_finished_writes(cursor: Cursor) -> None:
 class Lease:
     """This process's claim on a thread, kept alive while tasks run.
 
-    A heartbeat thread renews the claim every third of its time to live while
-    a step's tasks run; if a renewal fails (another process took over after
+    A heartbeat thread renews the claim every third of its time to live for
+    as long as it is held; if a renewal fails (another process took over after
     the claim lapsed), `check()` raises before anything more is written.
     """
 
@@ -144,7 +144,7 @@ class Lease:
         return not self.lost
 
     def check(self) -> None:
-        if self.lost or not self.renew():
+        if self.lost:
             raise ThreadConflict(
                 self.thread_id, "this process lost its claim on the thread"
             )

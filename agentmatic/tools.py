@@ -66,7 +66,7 @@ class Tool:
         description, arg_help = _parse_docstring(inspect.getdoc(fn) or "")
         self.description = description or self.name
         signature = inspect.signature(fn)
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, include_extras=True)
         self.wants_idempotency_key = IDEMPOTENCY_PARAM in signature.parameters
         fields: dict[str, Any] = {}
         for pname, param in signature.parameters.items():

@@ -208,6 +208,11 @@ def workloads(args: argparse.Namespace, tmp: Path) -> dict[str, Callable[[], Res
         out["langgraph-sqlite"] = lg_sqlite
     except ImportError:
         pass
+    from bench import postgres
+
+    out.update(
+        postgres.workloads(args.postgres, args.steps, run_agentmatic, run_langgraph)
+    )
     return out
 
 
@@ -221,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--only", default="")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("AGENTMATIC_POSTGRES_URL"),
+        help="a server where the run may create (and drop) its own databases",
+    )
     args = parser.parse_args(argv)
     wanted = {w for w in args.only.split(",") if w}
     rows: list[Result] = []
@@ -242,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{fmt(r.late_ms):>12} {fmt(r.ratio):>10} {fmt(r.history_s):>10} "
             f"{fmt(r.meta_history_s):>8}"
         )
+    notes = [r for r in rows if r.note]
+    if notes:
+        print()
+        for r in notes:
+            print(f"{r.name}: {r.note}")
     return 0
 
 

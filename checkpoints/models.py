@@ -96,3 +96,165 @@ class LegalHold(models.Model):
 
     def __str__(self) -> str:
         return f"Legal hold on {self.thread_id}"
+
+
+# --- The PostgresSaver's tables ---------------------------------------------------
+#
+# Mapped read-mostly and unmanaged: agentmatic.checkpoint.postgres owns the
+# schema (numbered migrations of its own, applied by this app's migration
+# 0002 through the saver's setup). Columns holding stored values (`checkpoint`,
+# `blob`, `data`) are in the saver's format; read them through the saver.
+# Text columns the saver leaves NULL map to null=True (hence the DJ001 marks).
+# tests/test_postgres_models.py fails when these and the tables drift apart.
+
+
+class StoredThread(models.Model):
+    """One thread (and namespace) of the Postgres saver, locked by each write."""
+
+    pk = models.CompositePrimaryKey("thread_id", "checkpoint_ns")
+    thread_id = models.TextField()
+    checkpoint_ns = models.TextField(default="", blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    last_checkpoint_id = models.TextField(null=True)  # noqa: DJ001
+    segment = models.BigIntegerField(default=0)
+    checkpoints = models.IntegerField(default=0)
+    agent = models.TextField(null=True)  # noqa: DJ001
+    started_by = models.TextField(null=True)  # noqa: DJ001
+    forked_from = models.JSONField(null=True)
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_threads"
+
+    def __str__(self) -> str:
+        return self.thread_id
+
+
+class StoredCheckpoint(models.Model):
+    """One immutable checkpoint row; `created_at` is what retention goes by."""
+
+    pk = models.CompositePrimaryKey("thread_id", "checkpoint_ns", "checkpoint_id")
+    thread_id = models.TextField()
+    checkpoint_ns = models.TextField(default="", blank=True)
+    checkpoint_id = models.TextField()
+    parent_checkpoint_id = models.TextField(null=True)  # noqa: DJ001
+    segment = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField()
+    step = models.IntegerField(null=True)
+    run_id = models.UUIDField(null=True)
+    source = models.TextField(null=True)  # noqa: DJ001
+    actor = models.TextField(null=True)  # noqa: DJ001
+    type = models.TextField()
+    checkpoint = models.BinaryField()
+    metadata = models.JSONField(default=dict)
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_checkpoints"
+
+    def __str__(self) -> str:
+        return f"{self.thread_id} @ {self.checkpoint_id}"
+
+
+class StoredWrite(models.Model):
+    """A write of a task that ran from a checkpoint (outlives the checkpoint row)."""
+
+    pk = models.CompositePrimaryKey(
+        "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"
+    )
+    thread_id = models.TextField()
+    checkpoint_ns = models.TextField(default="", blank=True)
+    checkpoint_id = models.TextField()
+    task_id = models.TextField()
+    idx = models.IntegerField()
+    channel = models.TextField()
+    type = models.TextField(null=True)  # noqa: DJ001
+    blob = models.BinaryField()
+    # The task's further writes of the same call: msgpack [[idx, channel,
+    # type, blob], ...] (see agentmatic.checkpoint.postgres.saver._expand).
+    extra = models.BinaryField(null=True)
+    task_path = models.TextField(default="", blank=True)
+    segment = models.BigIntegerField(null=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_writes"
+
+    def __str__(self) -> str:
+        return f"{self.channel} of {self.task_id}"
+
+
+class StoredBlob(models.Model):
+    """A channel value by version; no checkpoint row owns it."""
+
+    pk = models.CompositePrimaryKey(
+        "thread_id", "checkpoint_ns", "channel", "version", "segment"
+    )
+    thread_id = models.TextField()
+    checkpoint_ns = models.TextField(default="", blank=True)
+    channel = models.TextField()
+    version = models.TextField()
+    checkpoint_id = models.TextField()
+    segment = models.BigIntegerField(default=0)
+    type = models.TextField()
+    data = models.BinaryField(null=True)
+    chunks = models.BinaryField(null=True)
+    base_version = models.TextField(null=True)  # noqa: DJ001
+    depth = models.IntegerField(default=0)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_blobs"
+
+    def __str__(self) -> str:
+        return f"{self.channel} v{self.version}"
+
+
+class StoredChunk(models.Model):
+    """A run of list items, keyed by the hash of its bytes within a thread."""
+
+    pk = models.CompositePrimaryKey("thread_id", "hash")
+    thread_id = models.TextField()
+    hash = models.BinaryField()
+    data = models.BinaryField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_chunks"
+
+    def __str__(self) -> str:
+        return f"chunk of {self.thread_id}"
+
+
+class ThreadLease(models.Model):
+    """Which process runs a thread, until when."""
+
+    thread_id = models.TextField(primary_key=True)
+    owner = models.TextField()
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_leases"
+
+    def __str__(self) -> str:
+        return f"{self.thread_id} held by {self.owner}"
+
+
+class SaverMigration(models.Model):
+    """A migration of the saver's own schema, applied once."""
+
+    v = models.IntegerField(primary_key=True)
+    applied_at = models.DateTimeField()
+
+    class Meta:
+        managed = False
+        db_table = "agentmatic_migrations"
+
+    def __str__(self) -> str:
+        return f"saver migration {self.v}"

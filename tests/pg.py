@@ -1,11 +1,12 @@
 """Postgres for tests: a fresh database per test, on the server the run points at.
 
 The root conftest registers this module as a plugin, so tests just ask for
-`pg_url` (or `pg_server`). The server comes from ``AGENTMATIC_TEST_POSTGRES_URL`` (default: the local
-server as user postgres). Each test gets its own database, created empty
-and dropped afterwards, so tests run in parallel (pytest-xdist) without
-seeing each other. When the server cannot be reached the tests are
-skipped, except with ``CI=true``, where that is a failure.
+`pg_url` (or `pg_server`). The server comes from
+``AGENTMATIC_TEST_POSTGRES_URL`` (default: the local server as user
+postgres). Each test gets its own database, created empty and dropped
+afterwards, so tests run in parallel (pytest-xdist) without seeing each
+other. When the server cannot be reached the tests are skipped, except with
+``CI=true``, where that is a failure.
 """
 
 from __future__ import annotations

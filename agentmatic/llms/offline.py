@@ -828,6 +828,11 @@ def _report(done: _Call, transfer: _Tool, currency: str | None) -> str:
         )
     if done.outcome != "done":
         return f"I could not send {what}: {_error_text(done.answer)}"
+    # The tool's own sentence says what was really sent (a reviewer may have
+    # changed the arguments since the call was proposed).
+    said = _text_of(done.answer).strip()
+    if said and not said.startswith(("{", "[")):
+        return said if said.endswith((".", "!")) else said + "."
     to = f" to {args[dest]}" if dest and args.get(dest) else ""
     return f"R{what[len('the r') :]} sent{to}."
 
