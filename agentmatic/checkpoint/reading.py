@@ -442,6 +442,21 @@ def _tool_call_from_send(arg: Any) -> ToolCall | None:
     return None
 
 
+def states_with_values(
+    resolver: ValueResolver, tuples: Sequence[CheckpointTuple]
+) -> list[State]:
+    """Build full states for `tuples` (newest first), sharing rebuilt values.
+
+    Values are rebuilt oldest first, so each reuses its parent's.
+    """
+    resolver.add(tuples)
+    resolved = {t.checkpoint["id"]: resolver.values(t) for t in reversed(tuples)}
+    return [
+        build_state(t, values=resolved[t.checkpoint["id"]], resolver=resolver)
+        for t in tuples
+    ]
+
+
 def history(
     saver: BaseSaver,
     thread_id: str,
@@ -457,15 +472,10 @@ def history(
     before_config = thread_config(thread_id, before, checkpoint_ns) if before else None
     resolver = ValueResolver(saver, thread_id, checkpoint_ns)
     tuples = list(saver.list(config, before=before_config, limit=limit))
-    resolver.add(tuples)
-    states: list[State] = []
     if values:
-        # Resolve oldest first so each state reuses its parent's rebuilt value.
-        resolved = {t.checkpoint["id"]: resolver.values(t) for t in reversed(tuples)}
-    for tup in tuples:
-        vals = resolved[tup.checkpoint["id"]] if values else None
-        states.append(build_state(tup, values=vals, resolver=resolver))
-    return states
+        return states_with_values(resolver, tuples)
+    resolver.add(tuples)
+    return [build_state(t, values=None, resolver=resolver) for t in tuples]
 
 
 def read_state(

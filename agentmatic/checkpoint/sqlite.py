@@ -71,6 +71,7 @@ from agentmatic.checkpoint.reading import (
     decode_cursor,
     encode_cursor,
     next_nodes,
+    states_with_values,
     trigger_target,
 )
 from agentmatic.checkpoint.retention import needs_ancestors
@@ -1041,11 +1042,7 @@ class SQLiteSaver(BaseSaver):
             lambda conn: self._tuples(conn, conn.execute(query, params).fetchall())
         )
         resolver = self._resolver(thread_id, checkpoint_ns, tuples)
-        resolved = {t.checkpoint["id"]: resolver.values(t) for t in reversed(tuples)}
-        return [
-            build_state(t, values=resolved[t.checkpoint["id"]], resolver=resolver)
-            for t in tuples
-        ]
+        return states_with_values(resolver, tuples)
 
     def get_state(
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True

@@ -74,6 +74,7 @@ from agentmatic.checkpoint.reading import (
     build_state,
     decode_cursor,
     encode_cursor,
+    states_with_values,
     trigger_target,
 )
 from agentmatic.checkpoint.serde import DeltaSnapshot, Serializer
@@ -1847,12 +1848,7 @@ class PostgresSaver(BaseSaver):
         )
         tuples = builtins.list(self.list(config, before=before_config, limit=limit))
         resolver = ValueResolver(self, thread_id, checkpoint_ns)
-        resolver.add(tuples)
-        resolved = {t.checkpoint["id"]: resolver.values(t) for t in reversed(tuples)}
-        return [
-            build_state(t, values=resolved[t.checkpoint["id"]], resolver=resolver)
-            for t in tuples
-        ]
+        return states_with_values(resolver, tuples)
 
     def get_state(
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
