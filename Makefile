@@ -1,22 +1,29 @@
 # Two commands: `make run` (the console on embedded defaults) and `make test`.
-# Both create .venv/ on first use and refresh it when pyproject.toml changes.
+# Both create .venv/ on first use and refresh it when pyproject.toml changes;
+# `run` installs what the console needs, `test` adds the test and lint tools.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test lint bench demo clean-data
+.PHONY: run test lint bench clean-data
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@ $(VENV)/.installed-run
 
-run: $(STAMP)
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py runconsole
+run: $(VENV)/.installed-run
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py runconsole $(ADDR)
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy agentmatic agentmatic_web runs approvals checkpoints
@@ -24,7 +31,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -n auto --dist loadgroup -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
 
 clean-data:

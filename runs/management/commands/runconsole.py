@@ -9,12 +9,13 @@ yet), prints how to log in, then serves HTTP and WebSockets with daphne on
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from runs.models import ThreadRecord
 
@@ -41,13 +42,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        address = options["addrport"]
+        if not options["no_serve"]:
+            _ensure_free(address)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("index_pending", stdout=self.stdout)
         if not options["no_demo"]:
             call_command("demo_users", stdout=self.stdout)
             self._feed_on_first_start()
 
-        address = options["addrport"]
         self.stdout.write("")
         self.stdout.write(f"Console: http://{address}/  (Ctrl-C stops it)")
         if not options["no_demo"]:
@@ -75,3 +78,27 @@ class Command(BaseCommand):
             "  developer            walk threads, compare checkpoints, fork (Threads)\n"
             "  admin                policies, retention and users (Admin)"
         )
+
+
+def _ensure_free(address: str) -> None:
+    """Refuse to start when the address is taken, before anything else runs.
+
+    daphne reports a busy port in its log and exits 0, which looks like a
+    start; a user would then open whatever else listens there.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise CommandError(f"{address!r} is not HOST:PORT") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, number))
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on {address}: {exc.strerror}. Something else is "
+                f"using it; pick another address, e.g. "
+                f"`make run ADDR=127.0.0.1:{number + 1}`."
+            ) from None
