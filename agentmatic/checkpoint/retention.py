@@ -115,7 +115,8 @@ def compact_sync(
 
 
 def open_saver(url: str) -> BaseSaver:
-    """Return the saver a URL names (``sqlite:///relative`` or ``sqlite:////abs``)."""
+    """Return the saver a URL names: ``sqlite:///relative``, ``sqlite:////abs``,
+    ``postgresql://…``, ``redis://…`` or ``s3://bucket/prefix``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"{url!r} is not a saver URL (scheme://...)")
@@ -126,6 +127,13 @@ def open_saver(url: str) -> BaseSaver:
         from agentmatic.checkpoint.sqlite import SQLiteSaver
 
         return SQLiteSaver(path)
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"{url!r} names no bucket (s3://bucket/prefix)")
+        from agentmatic.checkpoint.s3 import S3Saver
+
+        return S3Saver(bucket=bucket, prefix=prefix.strip("/"))
     backends = {
         "postgres": ("agentmatic.checkpoint.postgres", "PostgresSaver"),
         "postgresql": ("agentmatic.checkpoint.postgres", "PostgresSaver"),
