@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from typing import Any
 
@@ -29,6 +30,11 @@ class Backend:
     def saver(self, **kwargs: Any) -> Any:
         if self.kind == "memory":
             saver: Any = MemorySaver(**kwargs)
+        elif self.kind == "sqlite":
+            from agentmatic.checkpoint.sqlite import SQLiteSaver
+
+            tmp = self.request.getfixturevalue("tmp_path")
+            saver = SQLiteSaver(tmp / f"chain-{len(self.made)}.sqlite", **kwargs)
         elif self.kind == "redis":
             from agentmatic.checkpoint.redis import RedisSaver
 
@@ -58,6 +64,18 @@ class Backend:
             item = saver._threads[thread_id][""][cid]
             tag, blob = item.checkpoint
             item.checkpoint = (tag, flip(blob, blob))
+        elif self.kind == "sqlite":
+            with sqlite3.connect(saver.path) as conn:
+                (blob,) = conn.execute(
+                    "SELECT checkpoint FROM checkpoints WHERE thread_id = ? "
+                    "AND checkpoint_id = ?",
+                    (thread_id, cid),
+                ).fetchone()
+                conn.execute(
+                    "UPDATE checkpoints SET checkpoint = ? WHERE thread_id = ? "
+                    "AND checkpoint_id = ?",
+                    (flip(blob, blob), thread_id, cid),
+                )
         elif self.kind == "redis":
             key, field = f"{saver.prefix}:t:{thread_id}:cp", f"\x1f{cid}"
             raw = saver.client.hget(key, field)
@@ -73,6 +91,12 @@ class Backend:
         """Delete a checkpoint the way someone with database access would."""
         if self.kind == "memory":
             del saver._threads[thread_id][""][cid]
+        elif self.kind == "sqlite":
+            with sqlite3.connect(saver.path) as conn:
+                conn.execute(
+                    "DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_id = ?",
+                    (thread_id, cid),
+                )
         elif self.kind == "redis":
             saver.client.hdel(f"{saver.prefix}:t:{thread_id}:cp", f"\x1f{cid}")
             saver.client.zrem(f"{saver.prefix}:t:{thread_id}:idx", f"\x1f{cid}")
@@ -94,7 +118,7 @@ def _without(saver: Any, cid: str) -> Any:
     return mutate
 
 
-@pytest.fixture(params=["memory", "redis", "s3"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "s3"])
 def backend(request: pytest.FixtureRequest) -> Any:
     made = Backend(request.param, request)
     yield made

@@ -75,7 +75,7 @@ from agentmatic.checkpoint.reading import (
     trigger_target,
 )
 from agentmatic.checkpoint.retention import needs_ancestors
-from agentmatic.checkpoint.serde import DeltaSnapshot, Send, Serializer
+from agentmatic.checkpoint.serde import Send, Serializer
 from agentmatic.errors import (
     CorruptCheckpoint,
     DisallowedType,
@@ -222,8 +222,9 @@ class SQLiteSaver(BaseSaver):
         serde: Serializer | None = None,
         busy_timeout: float = 30.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        chain_key: Any = None,
     ) -> None:
-        super().__init__(serde=serde, allow=allow)
+        super().__init__(serde=serde, allow=allow, chain_key=chain_key)
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
         self.path = str(path)
@@ -667,7 +668,9 @@ class SQLiteSaver(BaseSaver):
         """Store a checkpoint; see `BaseSaver.put` for `expected_head`."""
         thread_id, ns, parent_id = config_parts(config)
         checkpoint_id = str(checkpoint["id"])
-        merged = checkpoint_metadata(config, metadata)
+        merged = self.sealed_metadata(
+            thread_id, ns, parent_id, checkpoint, checkpoint_metadata(config, metadata)
+        )
         meta_json = _dump_metadata(merged, thread_id)
         type_, blob = self.serde.dumps_typed(checkpoint)
         calls = self._pending_calls(thread_id, ns, parent_id, checkpoint, merged)
@@ -769,7 +772,7 @@ class SQLiteSaver(BaseSaver):
             return
         self._catch_up()
 
-        def write(conn: sqlite3.Connection) -> None:
+        def find(conn: sqlite3.Connection) -> builtins.list[tuple[str, str, str]]:
             doomed: builtins.list[tuple[str, str, str]] = []
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
@@ -781,9 +784,19 @@ class SQLiteSaver(BaseSaver):
                         chunk,
                     ).fetchall()
                 )
-            self._delete_rows(conn, doomed)
+            return doomed
 
-        self._write(write)
+        doomed = self._read(find)
+        self._anchor(doomed)
+        self._write(lambda conn: self._delete_rows(conn, doomed))
+
+    def _anchor(self, keys: Sequence[tuple[str, str, str]]) -> None:
+        """Anchor the chain of checkpoints that survive these deletions."""
+        groups: dict[tuple[str, str], builtins.list[str]] = {}
+        for thread_id, ns, cid in keys:
+            groups.setdefault((thread_id, ns), []).append(cid)
+        for (thread_id, ns), ids in groups.items():
+            self.anchor_deletions(thread_id, ns, ids)
 
     def delete_checkpoints(
         self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
@@ -792,6 +805,7 @@ class SQLiteSaver(BaseSaver):
         keys = [(str(thread_id), checkpoint_ns, str(c)) for c in checkpoint_ids]
         if not keys:
             return 0
+        self._anchor(keys)
         return self._write(lambda conn: self._delete_rows(conn, keys))
 
     def _delete_rows(
@@ -888,21 +902,41 @@ class SQLiteSaver(BaseSaver):
             tup = self.get_tuple(thread_config(thread_id, head_id, ns))
             if tup is None:
                 continue
-            snapshot = self._snapshot_delta_channels(tup)
+            inlined = self.with_values_inlined(tup)
+
+            def find_older(
+                conn: sqlite3.Connection, ns: str = ns, head_id: str = head_id
+            ) -> builtins.list[tuple[str, str, str]]:
+                return conn.execute(
+                    "SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints "
+                    "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id < ?",
+                    (thread_id, ns, head_id),
+                ).fetchall()
+
+            older = self._read(find_older)
+            self._anchor(older)
 
             def write(
                 conn: sqlite3.Connection,
                 ns: str = ns,
                 head_id: str = head_id,
-                snapshot: dict[str, Any] | None = snapshot,
+                inlined: tuple[dict[str, Any], dict[str, Any]] | None = inlined,
             ) -> None:
-                if snapshot is not None:
-                    type_, blob = self.serde.dumps_typed(snapshot)
+                if inlined is not None:
+                    checkpoint, metadata = inlined
+                    type_, blob = self.serde.dumps_typed(checkpoint)
                     conn.execute(
-                        "UPDATE checkpoints SET type = ?, checkpoint = ? "
+                        "UPDATE checkpoints SET type = ?, checkpoint = ?, metadata = ? "
                         "WHERE thread_id = ? AND checkpoint_ns = ? "
                         "AND checkpoint_id = ?",
-                        (type_, blob, thread_id, ns, head_id),
+                        (
+                            type_,
+                            blob,
+                            _dump_metadata(metadata, thread_id),
+                            thread_id,
+                            ns,
+                            head_id,
+                        ),
                     )
                     conn.execute(
                         f"UPDATE {self._s}.agentmatic_index SET needs_parent = 0 "
@@ -918,23 +952,6 @@ class SQLiteSaver(BaseSaver):
                 self._delete_rows(conn, doomed)
 
             self._write(write)
-
-    def _snapshot_delta_channels(self, tup: CheckpointTuple) -> dict[str, Any] | None:
-        """Return the checkpoint with its delta channels stored, or None if complete."""
-        counters = (tup.metadata or {}).get("counters_since_delta_snapshot") or {}
-        stored = tup.checkpoint.get("channel_values") or {}
-        versions = tup.checkpoint.get("channel_versions") or {}
-        missing = [ch for ch in counters if ch in versions and ch not in stored]
-        if not missing or tup.parent_config is None:
-            return None
-        conf = tup.config["configurable"]
-        resolver = self._resolver(conf["thread_id"], conf["checkpoint_ns"], [tup])
-        values = dict(stored)
-        for channel in missing:
-            value = resolver.channel_value(tup, channel)
-            if isinstance(value, list):
-                values[channel] = DeltaSnapshot(value)
-        return {**tup.checkpoint, "channel_values": values}
 
     # -- leases ------------------------------------------------------------------------
 
