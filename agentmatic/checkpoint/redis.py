@@ -57,6 +57,7 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
+    check_limit,
     config_parts,
     metadata_matches,
     thread_config,
@@ -1013,6 +1014,7 @@ class RedisSaver(BaseSaver):
         With ``values=False`` only the summaries kept beside each checkpoint
         are read, a page of 128 per command: no checkpoint, no message.
         """
+        check_limit(limit)
         if values:
             return super().get_state_history(
                 thread_id,

@@ -55,6 +55,7 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
+    check_limit,
     config_parts,
     metadata_matches,
     thread_config,
@@ -1297,6 +1298,7 @@ class S3Saver(BaseSaver):
         With ``values=False`` only the namespace's index is read (one request
         per page of entries plus one): no checkpoint or write object.
         """
+        check_limit(limit)
         if values:
             return super().get_state_history(
                 thread_id,

@@ -60,6 +60,7 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
+    check_limit,
     config_parts,
     thread_config,
 )
@@ -1839,6 +1840,7 @@ class PostgresSaver(BaseSaver):
         With ``values=False`` only checkpoint rows and the writes a timeline
         needs are decoded: no channel value is read.
         """
+        check_limit(limit)
         thread_id = str(thread_id)
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
