@@ -782,3 +782,10 @@ def test_it_rejects_a_wrong_key_or_an_altered_ciphertext(key_size: int) -> None:
 def test_it_rejects_a_key_of_the_wrong_size() -> None:
     with pytest.raises(ValueError, match="16, 24 or 32"):
         Serializer(encryption_key=b"short")
+
+
+def test_it_refuses_bytes_after_the_stored_value() -> None:
+    serde = Serializer()
+    tag, data = serde.dumps_typed({"messages": ["hi"], "amount": 250})
+    with pytest.raises(SerializationError, match="bytes after"):
+        serde.loads_typed((tag, data + b"\x01"))

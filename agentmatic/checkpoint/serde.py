@@ -45,6 +45,7 @@ from enum import Enum
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+import msgpack
 import ormsgpack
 
 from agentmatic.errors import DisallowedType, SerializationError
@@ -838,7 +839,12 @@ class _Reader:
     # msgpack
 
     def unpack(self, data: bytes) -> Any:
-        return ormsgpack.unpackb(data, ext_hook=self.ext_hook, option=_UNPACK_OPTIONS)
+        value = ormsgpack.unpackb(data, ext_hook=self.ext_hook, option=_UNPACK_OPTIONS)
+        # ormsgpack stops after the first value; bytes after it mean the blob was
+        # edited or joined, so it is refused rather than read as its prefix.
+        if _value_length(data) != len(data):
+            raise self.unreadable("there are bytes after the stored value")
+        return value
 
     def load_msgpack(self, data: bytes) -> Any:
         try:
@@ -1014,3 +1020,17 @@ def _has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_lone_surrogate(v) for v in value)
     return False
+
+
+def _value_length(data: bytes) -> int:
+    """Return how many bytes the first msgpack value of `data` takes."""
+    unpacker = msgpack.Unpacker(
+        raw=True, strict_map_key=False, ext_hook=_skip_ext, max_buffer_size=0
+    )
+    unpacker.feed(data)
+    unpacker.skip()
+    return int(unpacker.tell())
+
+
+def _skip_ext(code: int, data: bytes) -> None:
+    return None
