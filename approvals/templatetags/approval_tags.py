@@ -78,3 +78,12 @@ def arg_value(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return json.dumps(value, ensure_ascii=False)
+
+
+_DECIDED_AS = {"approve": "Approved", "modify": "Modified", "reject": "Rejected"}
+
+
+@register.filter
+def decided_as(kind: str) -> str:
+    """Return a decision kind as a receipt says it: "Approved", "Rejected"…"""
+    return _DECIDED_AS.get(str(kind), str(kind).capitalize())

@@ -130,7 +130,7 @@ def test_it_filters_by_state_decided_stale_and_mine(
     assert rows_of(client.get(QUEUE, {"state": "mine"})) == ["mine"]
     assert rows_of(client.get(QUEUE, {"state": "stale"})) == ["bulk-00000"]
     decided = client.get(QUEUE, {"state": "decided"}).content.decode()
-    assert "Reject by otto-operator" in decided and "✗" in decided
+    assert "Rejected by otto-operator" in decided and "✗" in decided
 
 
 def test_the_header_strip_counts_waits_and_the_median_time_to_decision(
