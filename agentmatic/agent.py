@@ -665,9 +665,15 @@ class Agent:
         values = cursor.values()
         values[START] = (cursor.checkpoint.get("channel_values") or {}).get(START)
 
+        # A step with one task to run stores its writes with the checkpoint, in
+        # one commit where the saver can; with several, each task's writes are
+        # stored the moment it finishes, so a crash never re-runs a finished one.
+        alone = len(todo) == 1
+
         def execute(task: PlannedTask) -> list[tuple[str, Any]]:
             writes = self._run_task(task, values, decisions, thread_id)
-            self.saver.put_writes(cursor.tup.config, writes, task.id, task.path)
+            if not alone:
+                self.saver.put_writes(cursor.tup.config, writes, task.id, task.path)
             return writes
 
         lease = run.lease
@@ -716,6 +722,7 @@ class Agent:
         counters = delta_counters(metadata_before, wrote, snapshot)
         if counters:
             metadata["counters_since_delta_snapshot"] = counters
+        step_writes = [(r.task.id, r.task.path, r.writes) for r in results if alone]
         tup = put_checkpoint(
             self.saver,
             thread_id,
@@ -724,6 +731,7 @@ class Agent:
             checkpoint,
             metadata,
             expected_head=cursor.id,
+            step_writes=step_writes,
         )
         return Cursor(tup=tup, messages=cursor.messages, other=cursor.other)
 

@@ -365,8 +365,14 @@ def put_checkpoint(
     metadata: dict[str, Any],
     *,
     expected_head: Any,
+    step_writes: Sequence[tuple[str, str, Sequence[tuple[str, Any]]]] = (),
 ) -> CheckpointTuple:
-    """Store a checkpoint and return it as a tuple (without reading it back)."""
+    """Store a checkpoint and return it as a tuple (without reading it back).
+
+    `step_writes` are writes of tasks that ran from the parent, stored with the
+    checkpoint. If the checkpoint is refused they are still stored on their
+    own, so a task that finished is never run again.
+    """
     new_versions = {
         ch: checkpoint["channel_versions"][ch]
         for ch in checkpoint.get("updated_channels") or []
@@ -374,11 +380,20 @@ def put_checkpoint(
     }
     config = thread_config(thread_id, parent_id, ns)
     try:
-        saved = saver.put(
-            config, checkpoint, metadata, new_versions, expected_head=expected_head
+        saved = saver.put_step(
+            config,
+            step_writes,
+            checkpoint,
+            metadata,
+            new_versions,
+            expected_head=expected_head,
         )
     except ThreadConflict:
         log.warning("thread %s: write refused, another writer advanced it", thread_id)
+        _keep_writes(saver, config, step_writes)
+        raise
+    except Exception:
+        _keep_writes(saver, config, step_writes)
         raise
     return CheckpointTuple(
         config=saved,
@@ -387,6 +402,18 @@ def put_checkpoint(
         parent_config=thread_config(thread_id, parent_id, ns) if parent_id else None,
         pending_writes=[],
     )
+
+
+def _keep_writes(
+    saver: BaseSaver,
+    config: dict[str, Any],
+    step_writes: Sequence[tuple[str, str, Sequence[tuple[str, Any]]]],
+) -> None:
+    for task_id, task_path, writes in step_writes:
+        try:
+            saver.put_writes(config, writes, task_id, task_path)
+        except Exception:  # the first failure is the one to report
+            log.exception("could not keep the writes of task %s", task_id)
 
 
 __all__ = [

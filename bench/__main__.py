@@ -62,14 +62,28 @@ class StepClock:
 
 
 def timed_saver(saver: Any, clock: StepClock) -> Any:
-    original = saver.put
+    """Mark the clock at each stored checkpoint, whichever method stores it."""
+    put, put_step = saver.put, getattr(saver, "put_step", None)
+    inside = {"step": False}
 
-    def put(*args: Any, **kwargs: Any) -> Any:
-        out = original(*args, **kwargs)
+    def timed_put(*args: Any, **kwargs: Any) -> Any:
+        out = put(*args, **kwargs)
+        if not inside["step"]:
+            clock.mark()
+        return out
+
+    def timed_put_step(*args: Any, **kwargs: Any) -> Any:
+        inside["step"] = True
+        try:
+            out = put_step(*args, **kwargs)
+        finally:
+            inside["step"] = False
         clock.mark()
         return out
 
-    saver.put = put
+    saver.put = timed_put
+    if hasattr(saver, "put_step"):
+        saver.put_step = timed_put_step
     return saver
 
 

@@ -364,15 +364,17 @@ class CrashingSaver(MemorySaver):
     def __init__(self):
         super().__init__()
         self.armed = False
+        self.fired = False
 
     def put_writes(self, config, writes, task_id, task_path=""):
         super().put_writes(config, writes, task_id, task_path)
-        if any(ch == "messages" for ch, _ in writes) and task_path.count(".") == 1:
+        tool_result = any(ch == "messages" for ch, _ in writes)
+        if tool_result and task_path.count(".") == 1 and not self.fired:
             self.armed = True
 
     def put(self, config, checkpoint, metadata, new_versions, **kw):
         if self.armed:
-            self.armed = False
+            self.armed, self.fired = False, True
             raise ConnectionError("power cut")
         return super().put(config, checkpoint, metadata, new_versions, **kw)
 

@@ -182,6 +182,27 @@ class BaseSaver(ABC):
         is stored.
         """
 
+    def put_step(
+        self,
+        config: Config,
+        step_writes: Sequence[tuple[str, str, Sequence[tuple[str, Any]]]],
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+        new_versions: dict[str, Any],
+        *,
+        expected_head: Any = NO_CHECK,
+    ) -> Config:
+        """Store the writes of tasks that ran from `config`, then the checkpoint
+        that follows them; a saver may do both in one transaction.
+
+        `step_writes` holds `(task_id, task_path, writes)` for each task.
+        """
+        for task_id, task_path, writes in step_writes:
+            self.put_writes(config, writes, task_id, task_path)
+        return self.put(
+            config, checkpoint, metadata, new_versions, expected_head=expected_head
+        )
+
     @abstractmethod
     def put_writes(
         self,

@@ -741,6 +741,59 @@ class PostgresSaver(BaseSaver):
             raise ValueError("put_writes needs configurable.checkpoint_id")
         if not writes:
             return
+        rows, regular = self._prepare_writes(writes)
+        with self._conn() as conn:
+            self._insert_writes(
+                conn, thread_id, ns, checkpoint_id, task_id, task_path, rows, regular
+            )
+
+    def put_step(
+        self,
+        config: Config,
+        step_writes: Sequence[tuple[str, str, Sequence[tuple[str, Any]]]],
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+        new_versions: dict[str, Any],
+        *,
+        expected_head: Any = NO_CHECK,
+    ) -> Config:
+        """Store a step's task writes and its checkpoint in one transaction."""
+        thread_id, ns, parent_id = config_parts(config)
+        # A chained checkpoint is sealed over its parent's stored writes, which
+        # the seal reads back: store the writes first, as the base class does.
+        if parent_id is None or not step_writes or self.chain is not None:
+            return super().put_step(
+                config,
+                step_writes,
+                checkpoint,
+                metadata,
+                new_versions,
+                expected_head=expected_head,
+            )
+        prepared = [
+            (task_id, task_path, *self._prepare_writes(writes))
+            for task_id, task_path, writes in step_writes
+            if writes
+        ]
+        cid = str(checkpoint["id"])
+        merged = checkpoint_metadata(config, metadata)
+        merged = self.sealed_metadata(thread_id, ns, parent_id, checkpoint, merged)
+        write = _Write(thread_id, ns, cid, parent_id, checkpoint, merged, new_versions)
+        with self._conn() as conn, conn.transaction():
+            for task_id, task_path, rows, regular in prepared:
+                self._insert_writes(
+                    conn, thread_id, ns, parent_id, task_id, task_path, rows, regular
+                )
+            self._put(conn, write, expected_head)
+        return thread_config(thread_id, cid, ns)
+
+    def _prepare_writes(
+        self, writes: Sequence[tuple[str, Any]]
+    ) -> tuple[
+        builtins.list[tuple[int, str, str, bytes, bytes | None]],
+        builtins.list[tuple[int, str, str, bytes]],
+    ]:
+        """Return the rows a task's writes are stored as, and its regular writes."""
         # One entry per slot: a special channel written twice keeps its last value.
         by_slot: dict[int, tuple[str, str, bytes]] = {}
         for idx, (channel, value) in enumerate(writes):
@@ -756,39 +809,51 @@ class PostgresSaver(BaseSaver):
             first, rest = regular[0], regular[1:]
             extra = ormsgpack.packb([list(entry) for entry in rest]) if rest else None
             rows.append((*first, extra))
-        with self._conn() as conn:
-            stored = conn.execute(
-                "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
-                "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
-                "segment) SELECT %s, %s, %s, %s, w.idx, w.channel, w.type, w.blob, "
-                "w.extra, %s, (SELECT segment FROM agentmatic_checkpoints "
-                "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s) "
-                "FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bytea[], "
-                "%s::bytea[]) AS w(idx, channel, type, blob, extra) "
-                "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
-                "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, "
-                "blob = EXCLUDED.blob, task_path = EXCLUDED.task_path "
-                "WHERE EXCLUDED.idx < 0 RETURNING idx",
-                (
-                    thread_id,
-                    ns,
-                    checkpoint_id,
-                    task_id,
-                    task_path,
-                    thread_id,
-                    ns,
-                    checkpoint_id,
-                    [r[0] for r in rows],
-                    [r[1] for r in rows],
-                    [r[2] for r in rows],
-                    [r[3] for r in rows],
-                    [r[4] for r in rows],
-                ),
-            ).fetchall()
-            if regular and regular[0][0] not in {r[0] for r in stored}:
-                self._store_surplus(
-                    conn, thread_id, ns, checkpoint_id, task_id, task_path, regular
-                )
+        return rows, regular
+
+    def _insert_writes(
+        self,
+        conn: psycopg.Connection[Any],
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str,
+        task_id: str,
+        task_path: str,
+        rows: builtins.list[tuple[int, str, str, bytes, bytes | None]],
+        regular: builtins.list[tuple[int, str, str, bytes]],
+    ) -> None:
+        stored = conn.execute(
+            "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
+            "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
+            "segment) SELECT %s, %s, %s, %s, w.idx, w.channel, w.type, w.blob, "
+            "w.extra, %s, (SELECT segment FROM agentmatic_checkpoints "
+            "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s) "
+            "FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bytea[], "
+            "%s::bytea[]) AS w(idx, channel, type, blob, extra) "
+            "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
+            "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, "
+            "blob = EXCLUDED.blob, task_path = EXCLUDED.task_path "
+            "WHERE EXCLUDED.idx < 0 RETURNING idx",
+            (
+                thread_id,
+                ns,
+                checkpoint_id,
+                task_id,
+                task_path,
+                thread_id,
+                ns,
+                checkpoint_id,
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                [r[3] for r in rows],
+                [r[4] for r in rows],
+            ),
+        ).fetchall()
+        if regular and regular[0][0] not in {r[0] for r in stored}:
+            self._store_surplus(
+                conn, thread_id, ns, checkpoint_id, task_id, task_path, regular
+            )
 
     def _store_surplus(
         self,
