@@ -324,3 +324,16 @@ def test_the_loop_model_calls_its_tool_n_times_then_stops():
     assert len(ids) == len(set(ids)) == 3
     assert messages[-1].text == "Finished 3 steps."
     assert model.identity == "loop:noop:3:400"
+
+
+def test_every_demo_request_is_read_as_its_data_set_says() -> None:
+    import json
+    from pathlib import Path
+
+    from agentmatic.llms.offline import _refund_amount
+
+    path = Path(__file__).resolve().parents[1] / "approvals/data/refund_requests.json"
+    for request in json.loads(path.read_text()):
+        money, _named = _refund_amount(request["text"])
+        got = float(money.amount) if money else None
+        assert got == request["expected_amount"], request["id"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import itertools
 import json
 import re
 import threading
@@ -197,6 +198,78 @@ def extract_money(text: str) -> Money | None:
     return Money(amount, _currency_code(match.group("pre") or match.group("post")))
 
 
+def extract_all_money(text: str) -> list[Money]:
+    """Return every amount with a currency in `text`, in order."""
+    out = []
+    for match in _MONEY.finditer(_normalise(text)):
+        amount = _to_decimal(match.group("n1") or match.group("n2"))
+        if amount is not None:
+            code = _currency_code(match.group("pre") or match.group("post"))
+            out.append(Money(amount, code))
+    return out
+
+
+# Words that offer a choice between amounts, and words for a price difference,
+# in the languages the offline model reads.
+_ALTERNATIVE = re.compile(
+    r"\b(?:or|oder|ou|o|oppure|ou então)\b|または|か、|あるいは", re.IGNORECASE
+)
+_DIFFERENCE = re.compile(
+    r"differen|différen|diferen|Differenz|差額|差額分|差", re.IGNORECASE
+)
+_DIFFERENCE_OF = re.compile(
+    r"(?:difference|différence|diferencia|diferença|differenza|Differenz)"
+    r"\s+(?:of|de|di|von|da)\s+$",
+    re.IGNORECASE,
+)
+
+
+# "…, so $54": the amount a sum arrives at.
+_SO = re.compile(r"(?:\b(?:so|also|thus|therefore|donc|entonces|quindi|então)|=)\s*$")
+# An amount followed by the verb that asks for it ("2,400円を返金", "50 € erstatten").
+_REFUND_AFTER = re.compile(r"\s*(?:を|の)?\s*(?:返金|erstatt|zurück)", re.IGNORECASE)
+# A charge made twice: one of the equal amounts is the refund.
+_TWICE = re.compile(
+    r"twice|two times|zweimal|doppelt|deux fois|dos veces|due volte|duas vezes"
+    r"|二重|2回",
+    re.IGNORECASE,
+)
+
+
+def _refund_amount(text: str) -> tuple[Money | None, list[Money]]:
+    """Return the amount a request asks for, or None and the amounts it names.
+
+    One amount is the amount. Several are read only when the text settles it:
+    "the difference of $2,808" names it; "charged 2 450 € instead of 245 €,
+    refund the difference" makes it the difference of the two. Anything else
+    ("the $40 difference, or the full $180", "$75 now and another $75") is
+    left for the customer to settle.
+    """
+    normal = _normalise(text)
+    matches = list(_MONEY.finditer(normal))
+    amounts = extract_all_money(text)
+    if len(amounts) != len(matches) or len(amounts) <= 1:
+        return (amounts[0] if amounts else None), amounts
+    between = [normal[a.end() : b.start()] for a, b in itertools.pairwise(matches)]
+    if any(_ALTERNATIVE.search(gap) for gap in between):
+        return None, amounts
+    for match, money in zip(matches, amounts, strict=True):
+        before = normal[max(0, match.start() - 30) : match.start()]
+        after = normal[match.end() : match.end() + 12]
+        if _DIFFERENCE_OF.search(before) or _REFUND_AFTER.match(after):
+            return money, amounts
+    last = matches[-1]
+    if _SO.search(normal[max(0, last.start() - 15) : last.start()]):
+        return amounts[-1], amounts
+    if len({(m.amount, m.currency) for m in amounts}) == 1 and _TWICE.search(normal):
+        return amounts[0], amounts
+    currencies = {m.currency for m in amounts}
+    if len(amounts) == 2 and _DIFFERENCE.search(normal) and len(currencies) == 1:
+        high, low = sorted((m.amount for m in amounts), reverse=True)
+        return Money(high - low, amounts[0].currency), amounts
+    return None, amounts
+
+
 def _new_amount(text: str, order: str | None) -> Money | None:
     """Return the amount an amendment names: with currency, after "amount", or bare."""
     money = extract_money(text)
@@ -331,15 +404,19 @@ class _Request:
     money: Money | None = None
     account: str | None = None
     is_refund: bool = False
+    # The amounts named when the text does not settle which one is meant.
+    choices: tuple[Money, ...] = ()
 
 
 def _read_request(text: str) -> _Request:
     order = extract_order(text)
+    money, named = _refund_amount(text)
     return _Request(
         order=order,
-        money=extract_money(text),
+        money=money,
         account=_extract_account(text),
         is_refund=bool(_REFUND_WORDS.search(text)),
+        choices=tuple(named) if money is None and len(named) > 1 else (),
     )
 
 
@@ -657,6 +734,9 @@ class OfflineRefundModel:
             if not (request.order or request.is_refund or request.account):
                 return HELP, []
             target = f" for order #{request.order}" if request.order else ""
+            if request.choices:
+                named = " or ".join(dict.fromkeys(str(m) for m in request.choices))
+                return f"Which amount should I refund{target}: {named}?", []
             return f"How much should I refund{target}, and in which currency?", []
         if transfer is None:
             return "I cannot send refunds here: no transfer tool is available.", []

@@ -85,12 +85,6 @@ def test_ambiguous_requests_naming_no_amount_end_with_a_question(console):
         assert last_words(thread_id).endswith("?"), thread_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OfflineRefundModel takes the first amount of a request naming "
-    "several ('the $40 difference, or the full $180'); asking which is meant "
-    "needs a change in agentmatic/llms/offline.py",
-)
 def test_ambiguous_requests_naming_several_amounts_end_with_a_question(console):
     feed("--sync")
 
