@@ -218,12 +218,12 @@ def build_payments_agent(saver: BaseSaver) -> Agent:
         .prompt(SYSTEM_PROMPT)
         .tools([read_account, transfer_funds])
         .checkpoint(saver)
-        # The runtime stores a fixed reason with each pause; the console shows
-        # the policy's current wording next to it (see approvals.pending).
+        # Each pause stores the policy's wording as it stood when it held the
+        # call; a later change of policy does not rewrite why a call waits.
         .interrupt_before_when(
             tool=GATED_TOOL,
             predicate=gate,
-            reason=f"the approval policy for {GATED_TOOL} holds this call",
+            reason=lambda args: gate.describe(),
         )
         .build()
     )

@@ -176,7 +176,7 @@ def _queue_rows(page: Page, user: Any) -> list[dict[str, Any]]:
         rows.append(
             {
                 "call": call,
-                "policy": policies[key],
+                "policy": stopped_by(call, policies[key]),
                 "viewers": viewers.get(call.pk, []),
                 "decision": finals.get(_key(call)),
                 "awaiting": awaiting.get(_key(call)),
@@ -226,6 +226,18 @@ def _decisions_of(
 def _key_args(args: dict[str, Any]) -> list[tuple[str, Any]]:
     """Return the arguments worth a glance in a row, amount and currency aside."""
     return [(k, v) for k, v in args.items() if k not in ("amount", "currency")][:2]
+
+
+def stopped_by(call: PendingCall, current: str) -> str:
+    """Return the rule that held the call, as stored when it paused.
+
+    Older pauses stored a fixed sentence; for those the current policy's
+    wording is shown instead.
+    """
+    stored = call.reason.strip()
+    if not stored or stored.startswith("the approval policy for "):
+        return current
+    return stored
 
 
 def policy_text(tool: str, agent: str) -> str:
@@ -308,7 +320,7 @@ def _call_context(
         "call": call,
         "state": state,
         "conversation": conversation(state, call.tool_call_id) if state else [],
-        "policy": policy_text(call.tool, call.agent),
+        "policy": stopped_by(call, policy_text(call.tool, call.agent)),
         "approvers_required": _approvers_required(call),
         "awaiting": awaiting,
         "thread_url": thread_url(call.thread_id),

@@ -111,7 +111,8 @@ def test_the_queue_row_names_the_gate_and_the_amount(console):
     call = request_refund("Bitte erstatten Sie 112,40 € für Bestellung #2044.", "de")
 
     assert call.amount == Decimal("112.40") and call.currency == "EUR"
-    assert call.reason == "the approval policy for transfer_funds holds this call"
+    # The pause keeps the policy's wording as it stood when it held the call.
+    assert call.reason == "≥ 100 needs approval; two approvers above 1,000"
     assert call.started_by == "demo-feed"
     assert PendingCall.objects.count() == 1
 
@@ -131,3 +132,16 @@ def test_an_approved_refund_retried_pays_once(console):
 
     assert Refund.objects.count() == 1
     assert Refund.objects.get().idempotency_key == key
+
+
+def test_a_policy_change_does_not_rewrite_why_a_call_waits(console):
+    from approvals.views import policy_text, stopped_by
+
+    call = request_refund("Refund order #1042 for $250.", "held")
+    policy = ApprovalPolicy.objects.for_call("transfer_funds", "payments")
+    policy.threshold = Decimal("150")
+    policy.save()
+
+    shown = stopped_by(call, policy_text(call.tool, call.agent))
+    assert shown == "≥ 100 needs approval; two approvers above 1,000"
+    assert policy_text(call.tool, call.agent).startswith("≥ 150")
