@@ -138,7 +138,15 @@ def snapshot(saver: Any) -> dict[str, Any]:
 def _by_id_then_thread(tuples: list[Any]) -> list[Any]:
     ids = [t[1]["id"] for t in tuples]
     assert ids == sorted(ids, reverse=True)
-    return sorted(tuples, key=lambda t: (t[1]["id"], t[0]["configurable"]["thread_id"]))
+    # Ties (one id in two threads or namespaces) may come in any order.
+    return sorted(
+        tuples,
+        key=lambda t: (
+            t[1]["id"],
+            t[0]["configurable"]["thread_id"],
+            t[0]["configurable"].get("checkpoint_ns", ""),
+        ),
+    )
 
 
 def _tup(tup: Any) -> Any:
