@@ -910,21 +910,32 @@ class PostgresSaver(BaseSaver):
         """Return the named checkpoint, or the thread's newest."""
         thread_id, ns, cid = config_parts(config)
         with self._conn() as conn:
-            if cid is None:
-                raw = conn.execute(
-                    f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1",
-                    (thread_id, ns),
-                ).fetchall()
-            else:
-                raw = conn.execute(
-                    f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s AND checkpoint_id = %s",
-                    (thread_id, ns, cid),
-                ).fetchall()
-            if not raw:
+            rows = self._checkpoint_rows(conn, thread_id, ns, cid)
+            if not rows:
                 return None
-            return self._assemble(conn, [self._decode_row(r) for r in raw])[0]
+            return self._assemble(conn, rows)[0]
+
+    def _checkpoint_rows(
+        self,
+        conn: psycopg.Connection[Any],
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str | None,
+    ) -> builtins.list[_Row]:
+        """Return the named checkpoint's row, or the thread's newest (or none)."""
+        if checkpoint_id is None:
+            raw = conn.execute(
+                f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
+                "AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1",
+                (thread_id, ns),
+            ).fetchall()
+        else:
+            raw = conn.execute(
+                f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
+                "AND checkpoint_ns = %s AND checkpoint_id = %s",
+                (thread_id, ns, checkpoint_id),
+            ).fetchall()
+        return [self._decode_row(r) for r in raw]
 
     def list(
         self,
@@ -2015,19 +2026,8 @@ class PostgresSaver(BaseSaver):
         self, thread_id: str, ns: str, checkpoint_id: str | None
     ) -> builtins.list[State]:
         with self._conn() as conn:
-            if checkpoint_id is None:
-                raw = conn.execute(
-                    f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1",
-                    (thread_id, ns),
-                ).fetchall()
-            else:
-                raw = conn.execute(
-                    f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s AND checkpoint_id = %s",
-                    (thread_id, ns, checkpoint_id),
-                ).fetchall()
-            return self._light_from_rows(conn, [self._decode_row(r) for r in raw])
+            rows = self._checkpoint_rows(conn, thread_id, ns, checkpoint_id)
+            return self._light_from_rows(conn, rows)
 
     def _light_from_rows(
         self, conn: psycopg.Connection[Any], rows: Sequence[_Row]
