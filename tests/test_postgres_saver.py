@@ -141,6 +141,109 @@ def test_a_write_naming_a_stale_head_is_refused_and_stores_nothing(saver, pg_url
     assert sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints") == before
 
 
+def _step_checkpoint(parent: dict, step: int) -> dict:
+    from agentmatic import ids
+
+    return dict(
+        parent,
+        id=ids.checkpoint_id(after=parent["id"]),
+        channel_values={},
+        channel_versions={"x": f"{step + 2:032}.0"},
+    )
+
+
+def _write_rows(pg_url: str, checkpoint_id: str) -> list[tuple]:
+    return sql(
+        pg_url,
+        "SELECT task_id, idx, channel FROM agentmatic_writes "
+        "WHERE checkpoint_id = %s ORDER BY task_id, idx",
+        (checkpoint_id,),
+    )
+
+
+def test_a_step_stores_its_writes_and_checkpoint_together(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_tuple(cfg("t"))
+    step = _step_checkpoint(head.checkpoint, 1)
+    saver.put_step(
+        head.config,
+        [("task-a", "", [("x", 1), ("__error__", "boom")]), ("task-b", "", [])],
+        step,
+        {"source": "loop", "step": 99},
+        {"x": step["channel_versions"]["x"]},
+        expected_head=head.checkpoint["id"],
+    )
+    assert saver.head_id("t") == step["id"]
+    assert _write_rows(pg_url, head.checkpoint["id"])[-2:] == [
+        ("task-a", -1, "__error__"),
+        ("task-a", 0, "x"),
+    ]
+
+
+def test_a_step_with_a_stale_head_stores_neither_writes_nor_checkpoint(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    history = saver.get_state_history("t")
+    old = saver.get_tuple(cfg("t", history[2].checkpoint_id))
+    writes_before = _write_rows(pg_url, old.checkpoint["id"])
+    before = sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints")
+    with pytest.raises(ThreadConflict, match="another writer"):
+        saver.put_step(
+            old.config,
+            [("task-late", "", [("x", 1)])],
+            _step_checkpoint(old.checkpoint, 1),
+            {},
+            {},
+            expected_head=old.checkpoint["id"],
+        )
+    assert sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints") == before
+    assert _write_rows(pg_url, old.checkpoint["id"]) == writes_before
+
+
+def test_a_step_whose_task_wrote_before_keeps_the_first_write(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_tuple(cfg("t"))
+    saver.put_writes(head.config, [("x", "first")], "task-a")
+    step = _step_checkpoint(head.checkpoint, 1)
+    saver.put_step(
+        head.config,
+        [("task-a", "", [("x", "second"), ("y", "added")])],
+        step,
+        {},
+        {"x": step["channel_versions"]["x"]},
+    )
+    assert saver.head_id("t") == step["id"]
+    written = {
+        (task, channel): value
+        for task, channel, value in saver.get_tuple(head.config).pending_writes
+    }
+    assert written[("task-a", "x")] == "first"
+    assert written[("task-a", "y")] == "added"
+
+
+def test_a_step_from_an_older_checkpoint_starts_a_branch(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    history = saver.get_state_history("t")
+    old = saver.get_tuple(cfg("t", history[2].checkpoint_id))
+    newest = history[0].checkpoint_id
+    step = _step_checkpoint(dict(old.checkpoint, id=newest), 1)
+    saver.put_step(
+        old.config,
+        [("task-branch", "", [("x", 1)])],
+        step,
+        {},
+        {"x": step["channel_versions"]["x"]},
+    )
+    assert saver.head_id("t") == step["id"]
+    assert saver.get_tuple(cfg("t", step["id"])).parent_config == old.config
+    assert ("task-branch", 0, "x") in _write_rows(pg_url, old.checkpoint["id"])
+    # The branch and everything before it still read back whole.
+    assert len(saver.get_state_history("t")) == len(history) + 1
+
+
 def test_concurrent_writers_on_one_head_give_one_winner(pg_url):
     setup = PostgresSaver(pg_url)
     agent, _ = build(setup)

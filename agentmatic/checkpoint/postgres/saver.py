@@ -203,6 +203,27 @@ class _Write:
     created_at: datetime | None = None
 
 
+@dataclass
+class _StepWrites:
+    """The writes of a step's tasks, as the columns ``agentmatic_put`` takes."""
+
+    rows: list[tuple[str, str, int, str, str, bytes, bytes | None]] = field(
+        default_factory=list
+    )
+
+    def add(
+        self,
+        task_id: str,
+        task_path: str,
+        rows: Sequence[tuple[int, str, str, bytes, bytes | None]],
+    ) -> None:
+        for idx, channel, type_, blob, extra in rows:
+            self.rows.append((task_id, task_path, idx, channel, type_, blob, extra))
+
+    def columns(self) -> tuple[list[Any], ...]:
+        return tuple(list(column) for column in zip(*self.rows, strict=True))
+
+
 class PostgresSaver(BaseSaver):
     """Checkpoints in Postgres through a pool of psycopg connections.
 
@@ -470,9 +491,18 @@ class PostgresSaver(BaseSaver):
         return thread_config(thread_id, cid, ns)
 
     def _put(
-        self, conn: psycopg.Connection[Any], write: _Write, expected_head: Any
-    ) -> None:
-        """Store one checkpoint on `conn` (inside the caller's transaction, if any)."""
+        self,
+        conn: psycopg.Connection[Any],
+        write: _Write,
+        expected_head: Any,
+        step_writes: _StepWrites | None = None,
+    ) -> bool:
+        """Store one checkpoint on `conn` (inside the caller's transaction, if any).
+
+        With `step_writes` (outside a transaction only) the writes of the
+        tasks that ran from the parent go in the same statement. Return
+        False, having stored nothing, when they need the transactional path.
+        """
         thread_id, ns, cid = write.thread_id, write.ns, write.checkpoint_id
         parent_id, checkpoint = write.parent_id, write.checkpoint
         new_versions, merged = write.new_versions, write.metadata
@@ -501,8 +531,11 @@ class PostgresSaver(BaseSaver):
             plan,
             check=check,
             expected=expected_head if check else None,
-            strict=parent is not None or bool(missing),
+            strict=parent is not None or bool(missing) or step_writes is not None,
+            step_writes=step_writes,
         )
+        if step_writes is not None and outcome in ("nonlinear", "rewrite"):
+            return False
         if outcome == "nonlinear":
             plan, segment = self._put_slowly(
                 conn, write, missing, expected_head if check else NO_CHECK
@@ -515,6 +548,7 @@ class PostgresSaver(BaseSaver):
             )
         plan.memo.segment = segment
         self._remember(thread_id, ns, plan.memo)
+        return True
 
     def _put_slowly(
         self,
@@ -566,6 +600,7 @@ class PostgresSaver(BaseSaver):
         check: bool,
         expected: str | None,
         strict: bool,
+        step_writes: _StepWrites | None = None,
     ) -> tuple[str, str | None, int]:
         meta = _jsonb(
             {
@@ -589,7 +624,10 @@ class PostgresSaver(BaseSaver):
             "%s, %s, %s, %s::timestamptz, "
             # blobs, then chunks
             "%s::text[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], "
-            "%s::text[], %s::integer[], %s::bytea[], %s::bytea[])",
+            "%s::text[], %s::integer[], %s::bytea[], %s::bytea[], "
+            # the tasks' writes
+            "%s::text[], %s::text[], %s::integer[], %s::text[], %s::text[], "
+            "%s::bytea[], %s::bytea[])",
             (
                 write.thread_id,
                 write.ns,
@@ -620,6 +658,7 @@ class PostgresSaver(BaseSaver):
                 [b.depth for b in blobs] if blobs else None,
                 list(plan.chunks) if plan.chunks else None,
                 list(plan.chunks.values()) if plan.chunks else None,
+                *(step_writes.columns() if step_writes else (None,) * 7),
             ),
         ).fetchone()
         assert row is not None
@@ -646,8 +685,9 @@ class PostgresSaver(BaseSaver):
         head: str | None = None
         if want_head:
             found = conn.execute(
-                "SELECT max(checkpoint_id) FROM agentmatic_checkpoints "
-                "WHERE thread_id = %s AND checkpoint_ns = %s",
+                "SELECT checkpoint_id FROM agentmatic_checkpoints "
+                "WHERE thread_id = %s AND checkpoint_ns = %s "
+                "ORDER BY checkpoint_id DESC LIMIT 1",
                 (thread_id, ns),
             ).fetchone()
             head = found[0] if found else None
@@ -779,12 +819,27 @@ class PostgresSaver(BaseSaver):
         merged = checkpoint_metadata(config, metadata)
         merged = self.sealed_metadata(thread_id, ns, parent_id, checkpoint, merged)
         write = _Write(thread_id, ns, cid, parent_id, checkpoint, merged, new_versions)
-        with self._conn() as conn, conn.transaction():
-            for task_id, task_path, rows, regular in prepared:
-                self._insert_writes(
-                    conn, thread_id, ns, parent_id, task_id, task_path, rows, regular
-                )
-            self._put(conn, write, expected_head)
+        together = _StepWrites()
+        for task_id, task_path, rows, _regular in prepared:
+            together.add(task_id, task_path, rows)
+        with self._conn() as conn:
+            # Usually one statement; a task that wrote before, or a parent
+            # that is not the thread's last checkpoint, takes a transaction.
+            if together.rows and self._put(conn, write, expected_head, together):
+                return thread_config(thread_id, cid, ns)
+            with conn.transaction():
+                for task_id, task_path, rows, regular in prepared:
+                    self._insert_writes(
+                        conn,
+                        thread_id,
+                        ns,
+                        parent_id,
+                        task_id,
+                        task_path,
+                        rows,
+                        regular,
+                    )
+                self._put(conn, write, expected_head)
         return thread_config(thread_id, cid, ns)
 
     def _prepare_writes(
@@ -1864,8 +1919,9 @@ class PostgresSaver(BaseSaver):
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT max(checkpoint_id) FROM agentmatic_checkpoints "
-                "WHERE thread_id = %s AND checkpoint_ns = %s",
+                "SELECT checkpoint_id FROM agentmatic_checkpoints "
+                "WHERE thread_id = %s AND checkpoint_ns = %s "
+                "ORDER BY checkpoint_id DESC LIMIT 1",
                 (str(thread_id), checkpoint_ns),
             ).fetchone()
         return row[0] if row else None
