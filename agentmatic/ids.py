@@ -8,12 +8,14 @@ random bits of clock sequence and node keep ids apart.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
 import uuid
 
 _GREGORIAN_OFFSET = 0x01B21DD213814000  # 100 ns ticks from 1582-10-15 to 1970
+_TASK_NAMESPACE = uuid.UUID("6f0d3c1e-9a52-4c8e-b1a7-2f6f1d8e4a10").bytes
 _lock = threading.Lock()
 _last_ticks = 0
 
@@ -51,3 +53,17 @@ def _ticks_of(checkpoint_id: str) -> int:
 def checkpoint_time_ns(checkpoint_id: str) -> int:
     """Return the Unix time in ns encoded in a UUIDv6 checkpoint id."""
     return (_ticks_of(checkpoint_id) - _GREGORIAN_OFFSET) * 100
+
+
+def task_id(checkpoint_id: str, node: str, tool_call_id: str | None) -> str:
+    """Return the id of a task, the same in every process for the same task.
+
+    It is ``uuid5(namespace, "<checkpoint>|<node>|<call>")``, built from the
+    digest directly: a timeline computes one for every task it shows.
+    """
+    name = f"{checkpoint_id}|{node}|{tool_call_id or ''}".encode()
+    raw = bytearray(hashlib.sha1(_TASK_NAMESPACE + name).digest()[:16])  # noqa: S324
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

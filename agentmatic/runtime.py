@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,14 +56,8 @@ log = logging.getLogger(__name__)
 
 MESSAGES = "messages"
 SNAPSHOT_EVERY = 100
-_TASK_NAMESPACE = uuid.UUID("6f0d3c1e-9a52-4c8e-b1a7-2f6f1d8e4a10")
-
-
-def task_id_for(checkpoint_id: str, node: str, tool_call_id: str | None) -> str:
-    """Return the task id, the same in every process for the same task."""
-    return str(
-        uuid.uuid5(_TASK_NAMESPACE, f"{checkpoint_id}|{node}|{tool_call_id or ''}")
-    )
+# The task id, the same in every process for the same task.
+task_id_for = ids.task_id
 
 
 def trigger(node: str) -> str:

@@ -148,6 +148,8 @@ class StoredCheckpoint(models.Model):
     type = models.TextField()
     checkpoint = models.BinaryField()
     metadata = models.JSONField(default=dict)
+    # What a timeline needs of the checkpoint (msgpack), when the saver kept it.
+    light = models.BinaryField(null=True)
 
     class Meta:
         managed = False

@@ -18,7 +18,7 @@ from agentmatic.checkpoint.chain import verify
 from agentmatic.checkpoint.postgres import PostgresSaver, compact_sync
 from agentmatic.checkpoint.postgres.schema import LATEST
 from agentmatic.checkpoint.serde import DeltaSnapshot
-from agentmatic.errors import ConfigurationError, ThreadConflict
+from agentmatic.errors import ConfigurationError, CorruptCheckpoint, ThreadConflict
 from agentmatic.llms import LoopModel
 from tests import seed
 from tests.test_runtime import ask, build, cfg
@@ -547,6 +547,81 @@ def test_a_thread_reads_the_same_through_every_reader(saver):
     assert saver.get_state("t", values=False).next == ("transfer_funds",)
     found = saver.find_checkpoint(full[1].checkpoint_id)
     assert found.config["configurable"]["thread_id"] == "t"
+
+
+def _timeline_from_whole_rows(saver: PostgresSaver, thread_id: str) -> list:
+    """The timeline read the long way: every checkpoint decoded, no summary."""
+    from agentmatic.checkpoint.postgres import saver as module
+
+    with saver._conn() as conn:
+        raw = conn.execute(
+            f"SELECT {module.ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
+            "ORDER BY checkpoint_id DESC",
+            (thread_id,),
+        ).fetchall()
+        return saver._light_from_rows(conn, [saver._decode_row(r) for r in raw])
+
+
+def test_the_timeline_summary_reads_like_the_whole_checkpoint(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $250")
+    agent.reject(cfg("t"), reason="too much", actor="ops-1")
+    ask(agent, "t", "Refund $40")
+    ask(agent, "t", "Refund $300")
+    agent.update_state(cfg("t"), {"messages": [HumanMessage("note")]})
+    summarized = sql(
+        pg_url, "SELECT count(*) FROM agentmatic_checkpoints WHERE light IS NOT NULL"
+    )[0][0]
+    assert summarized > 10
+    light = saver.get_state_history("t", values=False)
+    assert light == _timeline_from_whole_rows(saver, "t")
+    full = saver.get_state_history("t")
+    assert [s.next for s in light] == [s.next for s in full]
+    assert [s.tasks for s in light] == [s.tasks for s in full]
+    assert [s.pending_tool_calls for s in light] == [s.pending_tool_calls for s in full]
+    assert [s.metadata for s in light] == [s.metadata for s in full]
+    assert [s.created_at for s in light] == [s.created_at for s in full]
+
+
+def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(saver, pg_url):
+    base = {
+        "v": 4,
+        "channel_values": {},
+        "channel_versions": {},
+        "versions_seen": {},
+        "updated_channels": None,
+    }
+    stamps = {
+        "utc": "2026-01-01T00:00:00.123456+00:00",
+        "zulu": "2026-01-01T00:00:00Z",
+        "offset": "2026-01-01T02:00:00+02:00",
+        "naive": "2026-01-01T00:00:00",
+        "odd": "yesterday",
+    }
+    for thread_id, ts in stamps.items():
+        saver.put(cfg(thread_id), dict(base, id=_new_id(), ts=ts), {}, {})
+        assert saver.get_tuple(cfg(thread_id)).checkpoint["ts"] == ts
+    saver.put(cfg("none"), dict(base, id=_new_id()), {}, {})
+    assert "ts" not in saver.get_tuple(cfg("none")).checkpoint
+    # The one ts a column holds exactly is the row's time.
+    (created,) = sql(
+        pg_url,
+        "SELECT created_at FROM agentmatic_checkpoints WHERE thread_id = 'utc'",
+    )[0]
+    assert created.isoformat().startswith("2026-01-01T00:00:00.123456")
+
+
+def test_a_damaged_timeline_summary_names_its_checkpoint(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_state("t")
+    sql(
+        pg_url,
+        "UPDATE agentmatic_checkpoints SET light = '\\xc1' WHERE checkpoint_id = %s",
+        (head.checkpoint_id,),
+    )
+    with pytest.raises(CorruptCheckpoint, match=head.checkpoint_id):
+        saver.get_state_history("t", values=False)
 
 
 def test_an_update_checkpoint_shows_the_calls_it_leaves_waiting(saver):

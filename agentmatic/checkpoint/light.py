@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import ormsgpack
+
 from agentmatic.checkpoint.base import (
     DECISION,
     ERROR,
@@ -143,6 +145,56 @@ def minimal_messages(summary: Sequence[Sequence[Any]]) -> list[BaseMessage]:
         elif item[0] == "human":
             out.append(HumanMessage(content=""))
     return out
+
+
+def minimal_from_msgpack(data: bytes) -> list[BaseMessage] | None:
+    """Return stand-in messages for messages stored as msgpack, or None.
+
+    Only the fields of each message are read (no class is rebuilt), so this
+    is quick and safe on any input; None means "decode it the usual way".
+    """
+    try:
+        value = ormsgpack.unpackb(data, ext_hook=_ext_fields)
+    except Exception:
+        return None
+    out: list[BaseMessage] = []
+    for fields in value if isinstance(value, list) else [value]:
+        if not isinstance(fields, dict):
+            return None
+        kind = fields.get("type")
+        if kind == "ai":
+            calls = fields.get("tool_calls") or []
+            if not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls
+            ):
+                return None
+            out.append(
+                AIMessage(content="", tool_calls=[ToolCall.from_any(c) for c in calls])
+            )
+        elif kind == "tool":
+            out.append(
+                ToolMessage(content="", tool_call_id=str(fields.get("tool_call_id")))
+            )
+        elif kind == "human":
+            out.append(HumanMessage(content=""))
+    return out
+
+
+def _ext_fields(code: int, data: bytes) -> Any:
+    """Return a message's fields from its extension, else a marker."""
+    parts = ormsgpack.unpackb(data)
+    if (
+        isinstance(parts, list)
+        and len(parts) >= 3
+        and isinstance(parts[0], str)
+        and parts[0].startswith("langchain_core.messages")
+        and isinstance(parts[2], dict)
+    ):
+        return parts[2]
+    return _NOT_A_MESSAGE
+
+
+_NOT_A_MESSAGE = object()
 
 
 def sorted_writes(writes: Sequence[WriteSummary]) -> list[WriteSummary]:

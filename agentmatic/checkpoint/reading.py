@@ -13,11 +13,13 @@ snapshot plus the writes stored against each checkpoint on the way.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from agentmatic import ids
 from agentmatic.checkpoint.serde import DeltaSnapshot
 from agentmatic.errors import SerializationError
 from agentmatic.messages import (
@@ -28,7 +30,7 @@ from agentmatic.messages import (
     add_messages,
     unanswered_tool_calls,
 )
-from agentmatic.state import Interrupt, State, Task, ThreadInfo, ThreadPage
+from agentmatic.state import Config, Interrupt, State, Task, ThreadInfo, ThreadPage
 
 if TYPE_CHECKING:
     from agentmatic.checkpoint.base import BaseSaver, CheckpointTuple
@@ -45,6 +47,7 @@ LLM_NODES = frozenset({"agent", "model", "call_model", "llm", "chatbot"})
 Reducer = Callable[[Any, Sequence[Any]], Any]
 
 
+@functools.lru_cache(maxsize=4096)
 def trigger_target(channel: str) -> str | None:
     """Return the node a trigger channel starts, or None for a state channel."""
     if channel == START:
@@ -84,6 +87,7 @@ def is_state_channel(channel: str) -> bool:
     return not channel.startswith("__") and trigger_target(channel) is None
 
 
+@functools.lru_cache(maxsize=4096)
 def version_key(version: Any) -> tuple[int, float]:
     """Order LangGraph versions: ints, floats, or `"<n>.<random>"` strings."""
     if isinstance(version, (int, float)):
@@ -305,8 +309,15 @@ def _last_ai_message_from_writes(
     parent = resolver._tuple(parent_id) if parent_id else None
     if parent is None:
         return []
+    return messages_written(parent.pending_writes)
+
+
+def messages_written(
+    pending_writes: Sequence[tuple[str, str, Any]] | None,
+) -> list[BaseMessage]:
+    """Return the messages among a checkpoint's pending writes, in order."""
     out: list[BaseMessage] = []
-    for _task, channel, value in parent.pending_writes or []:
+    for _task, channel, value in pending_writes or []:
         if channel == "messages":
             out.extend(
                 v
@@ -321,18 +332,21 @@ def build_state(
     *,
     values: dict[str, Any] | None,
     resolver: ValueResolver | None = None,
+    scheduled: list[tuple[str, Any]] | None = None,
 ) -> State:
-    """Build a `State`; `values=None` decodes only what a timeline needs."""
+    """Build a `State`; `values=None` decodes only what a timeline needs.
+
+    `scheduled` is `next_nodes` of the checkpoint, when the caller knows it.
+    """
     cp = tup.checkpoint
-    scheduled = next_nodes(cp)
-    node_names = tuple(dict.fromkeys(n for n, _ in scheduled))
-    by_task = _writes_by_task(tup.pending_writes)
+    if scheduled is None:
+        scheduled = next_nodes(cp)
 
     # Pending calls: unanswered calls of the last AI message, when a tool runs next.
     messages: list[BaseMessage] = []
     if values is not None:
         messages = list(values.get("messages") or [])
-    elif any(n not in LLM_NODES and n != START for n in node_names):
+    elif runs_a_tool(scheduled):
         stored = (cp.get("channel_values") or {}).get("messages")
         if isinstance(stored, DeltaSnapshot):
             stored = stored.value
@@ -340,14 +354,61 @@ def build_state(
             messages = stored
         else:
             messages = _last_ai_message_from_writes(resolver, tup)
+    return assemble_state(
+        checkpoint_id=cp["id"],
+        created_at=cp.get("ts"),
+        config=tup.config,
+        parent_config=tup.parent_config,
+        metadata=dict(tup.metadata or {}),
+        scheduled=scheduled,
+        pending_writes=tup.pending_writes,
+        messages=messages,
+        values=values if values is not None else {},
+    )
+
+
+def runs_a_tool(scheduled: Sequence[tuple[str, Any]]) -> bool:
+    """Return whether a node other than the model's runs next."""
+    return any(n not in LLM_NODES and n != START for n, _ in scheduled)
+
+
+def assemble_state(
+    *,
+    checkpoint_id: str,
+    created_at: str | None,
+    config: Config,
+    parent_config: Config | None,
+    metadata: dict[str, Any],
+    scheduled: Sequence[tuple[str, Any]],
+    pending_writes: Sequence[tuple[str, str, Any]] | None,
+    messages: Sequence[BaseMessage],
+    values: dict[str, Any],
+) -> State:
+    """Build a `State` from what `build_state` gathered of a checkpoint.
+
+    `messages` holds at least the last AI message when a tool runs next
+    (its unanswered calls are the pending ones).
+    """
+    node_names = tuple(dict.fromkeys(n for n, _ in scheduled))
+    # Per task: its writes, and whether one of them is a result (the task ran).
+    by_task: dict[str, list[tuple[str, Any]]] = {}
+    ran: set[str] = set()
+    marks = False
+    for task_id, channel, value in pending_writes or ():
+        by_task.setdefault(task_id, []).append((channel, value))
+        if channel in _MARKS:
+            marks = True
+        else:
+            ran.add(task_id)
     pending: list[ToolCall] = []
     tool_nodes = {n for n in node_names if n not in LLM_NODES and n != START}
-    send_calls = [arg for n, arg in scheduled if arg is not None]
     if tool_nodes and messages:
-        for waiting in unanswered_tool_calls(messages):
-            if waiting.name in tool_nodes or "tools" in tool_nodes:
-                pending.append(waiting)
-    for arg in send_calls:
+        for proposed in unanswered_tool_calls(messages):
+            if proposed.name in tool_nodes or "tools" in tool_nodes:
+                pending.append(proposed)
+    for _node, arg in scheduled:
+        if arg is None:
+            continue
         sent = _tool_call_from_send(arg)
         if sent is not None and all(c.id != sent.id for c in pending):
             pending.append(sent)
@@ -355,38 +416,42 @@ def build_state(
     interrupts: list[Interrupt] = []
     decisions: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
-    for task_id, writes in by_task.items():
-        for channel, value in writes:
-            if channel == INTERRUPT:
-                for item in value if isinstance(value, (list, tuple)) else [value]:
-                    interrupts.append(_as_interrupt(item))
-            elif channel == DECISION and isinstance(value, dict):
-                decisions[str(value.get("tool_call_id"))] = value
-            elif channel == ERROR:
-                errors[task_id] = str(value)
-
-    # Interrupts follow the model's order of calls, not the storage order.
-    order = {c.id: n for n, c in enumerate(pending)}
-    interrupts.sort(
-        key=lambda i: order.get(
-            str(i.value.get("tool_call_id")) if isinstance(i.value, dict) else "",
-            len(order),
+    if marks:
+        for task_id, writes in by_task.items():
+            for channel, value in writes:
+                if channel == INTERRUPT:
+                    items = value if isinstance(value, (list, tuple)) else [value]
+                    interrupts.extend(_as_interrupt(item) for item in items)
+                elif channel == DECISION and isinstance(value, dict):
+                    decisions[str(value.get("tool_call_id"))] = value
+                elif channel == ERROR:
+                    errors[task_id] = str(value)
+    if interrupts:
+        # Interrupts follow the model's order of calls, not the storage order.
+        order = {c.id: n for n, c in enumerate(pending)}
+        interrupts.sort(
+            key=lambda i: order.get(
+                str(i.value.get("tool_call_id")) if isinstance(i.value, dict) else "",
+                len(order),
+            )
         )
-    )
 
     tasks: list[Task] = []
-    from agentmatic.runtime import task_id_for
-
+    unfinished: set[str] = set()
     for node, arg in scheduled:
-        calls: list[ToolCall | None] = (
-            [c for c in pending if c.name == node] if node not in LLM_NODES else []
-        )
+        calls: list[ToolCall | None]
         if arg is not None:
             sent = _tool_call_from_send(arg)
-            calls = [sent] if sent else []
-        for call in calls or [None]:
-            tid = task_id_for(cp["id"], node, call.id if call else None)
-            own = by_task.get(tid, [])
+            calls = [sent] if sent else [None]
+        elif node in LLM_NODES or not pending:
+            calls = [None]
+        else:
+            calls = [c for c in pending if c.name == node] or [None]
+        for call in calls:
+            tid = ids.task_id(checkpoint_id, node, call.id if call else None)
+            done = tid in ran
+            if not done:
+                unfinished.add(node)
             tasks.append(
                 Task(
                     id=tid,
@@ -399,28 +464,31 @@ def build_state(
                         if call is not None
                         and isinstance(i.value, dict)
                         and i.value.get("tool_call_id") == call.id
-                    ),
-                    done=any(ch not in (ERROR, INTERRUPT, DECISION) for ch, _ in own),
+                    )
+                    if interrupts
+                    else (),
+                    done=done,
                 )
             )
-    done_nodes = {t.name for t in tasks if t.done}
-    still_next = tuple(
-        n
-        for n in node_names
-        if n not in done_nodes or any(t.name == n and not t.done for t in tasks)
-    )
+    # A node is next unless all its tasks ran (a node with no task stays next).
+    ran_nodes = {t.name for t in tasks} - unfinished
+    still_next = tuple(n for n in node_names if n not in ran_nodes)
     return State(
-        values=values if values is not None else {},
+        values=values,
         next=still_next,
-        config=tup.config,
-        metadata=dict(tup.metadata or {}),
-        created_at=cp.get("ts"),
-        parent_config=tup.parent_config,
+        config=config,
+        metadata=metadata,
+        created_at=created_at,
+        parent_config=parent_config,
         tasks=tuple(tasks),
         interrupts=tuple(interrupts),
         pending_tool_calls=tuple(pending),
         decisions=decisions,
     )
+
+
+# Writes that mark a task without being its result.
+_MARKS = frozenset({ERROR, INTERRUPT, DECISION})
 
 
 def _as_interrupt(item: Any) -> Interrupt:

@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import ormsgpack
@@ -64,6 +64,7 @@ from agentmatic.checkpoint.base import (
     config_parts,
     thread_config,
 )
+from agentmatic.checkpoint.light import minimal_from_msgpack
 from agentmatic.checkpoint.memory import config_parts_loose
 from agentmatic.checkpoint.postgres import lists, packing
 from agentmatic.checkpoint.postgres.schema import LATEST, apply_migrations
@@ -72,9 +73,12 @@ from agentmatic.checkpoint.reading import (
     START,
     ValueResolver,
     _reducer_for,
+    assemble_state,
     build_state,
     decode_cursor,
     encode_cursor,
+    messages_written,
+    next_nodes,
     states_with_values,
     trigger_target,
 )
@@ -99,6 +103,8 @@ INLINE_MAX = 64
 # Writes a timeline decodes; every other write is only counted.
 TIMELINE_CHANNELS = (INTERRUPT, DECISION, ERROR)
 PAGE = 500
+# More ids than this are sent to the database as a range, not a list.
+ID_LIST_MAX = 64
 MEMO_THREADS = 256
 COUNTERS = "counters_since_delta_snapshot"
 
@@ -120,12 +126,21 @@ _NOT_METADATA = frozenset(
 
 ROW = (
     "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
-    "type, checkpoint, metadata, created_at, step, source, actor, run_id"
+    "type, checkpoint, metadata, created_at, step, source, actor, run_id, light"
+)
+# A row as a timeline reads it: a checkpoint with a `light` summary is not sent.
+LIGHT_ROW = (
+    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
+    "CASE WHEN light IS NULL THEN type END AS type, "
+    "CASE WHEN light IS NULL THEN checkpoint END AS checkpoint, "
+    "metadata, created_at, step, source, actor, run_id, light"
 )
 # Bookkeeping metadata kept inside the (compressed) checkpoint rather than in
 # the jsonb column; it cannot be filtered on.
 HIDDEN_META = ("counters_since_delta_snapshot",)
 HIDDEN_KEY = "~meta"
+# Inside a stored checkpoint that has no ``ts``: its `created_at` is not one.
+NO_TS_KEY = "~nots"
 BLOB = "channel, version, segment, checkpoint_id, type, data, chunks, base_version"
 WRITE = "checkpoint_id, task_id, channel, type, blob, task_path, idx, extra"
 
@@ -143,6 +158,11 @@ class _Row:
     blob_channels: list[str]
     metadata: dict[str, Any]
     created_at: datetime | None
+    # Read from the `light` summary instead of the checkpoint: the nodes it
+    # runs next. Its `checkpoint` then holds only its id and ts.
+    scheduled: list[str] | None = None
+    # With `scheduled`: whether the checkpoint has a message log.
+    has_messages: bool = False
 
     @property
     def delta_channels(self) -> list[str]:
@@ -415,22 +435,36 @@ class PostgresSaver(BaseSaver):
         return _Plan(inline, blob_channels, blobs, chunks, memo)
 
     def _encode_checkpoint(
-        self, checkpoint: dict[str, Any], plan: _Plan, metadata: dict[str, Any]
+        self,
+        checkpoint: dict[str, Any],
+        plan: _Plan,
+        metadata: dict[str, Any],
+        ts_in_column: bool,
+        summarized: bool,
     ) -> tuple[str, bytes]:
-        # The id has a column of its own; it is put back when read.
-        stored = {
-            k: v for k, v in checkpoint.items() if k not in ("id", "channel_values")
-        }
+        # The id has a column of its own, and so has ts when `created_at`
+        # holds it exactly; both are put back when read.
+        dropped = (
+            ("id", "channel_values", "ts") if ts_in_column else ("id", "channel_values")
+        )
+        stored = {k: v for k, v in checkpoint.items() if k not in dropped}
+        if "ts" not in checkpoint:
+            stored[NO_TS_KEY] = True
         stored["channel_values"] = plan.inline
         if plan.blob_channels:
             stored[BLOBS_KEY] = plan.blob_channels
         hidden = {k: metadata[k] for k in HIDDEN_META if k in metadata}
-        if hidden:
+        if hidden and not summarized:
+            # With a summary, the hidden metadata is kept there instead.
             stored[HIDDEN_KEY] = hidden
         return packing.pack_typed(*self.serde.dumps_typed(stored))
 
     def _decode_row(self, raw: Sequence[Any], serde: Serializer | None = None) -> _Row:
+        """Decode a `ROW` (or a `LIGHT_ROW`, whose summary stands in for it)."""
         thread_id, ns, cid, parent, segment, type_, data, metadata, created = raw[:9]
+        light = raw[13] if len(raw) > 13 else None
+        if data is None and light is not None:
+            return self._light_row(raw)
         serde = serde or self.serde
         try:
             checkpoint = serde.loads_typed(
@@ -444,13 +478,12 @@ class PostgresSaver(BaseSaver):
             raise CorruptCheckpoint(thread_id, cid, "it does not hold a checkpoint")
         blob_channels = list(checkpoint.pop(BLOBS_KEY, None) or [])
         hidden = checkpoint.pop(HIDDEN_KEY, None)
+        if hidden is None and light is not None:
+            hidden = self._summary(thread_id, cid, light)[2]
+        if checkpoint.pop(NO_TS_KEY, None) is None and "ts" not in checkpoint:
+            checkpoint["ts"] = _ts_text(created)
         checkpoint = {"id": cid, **checkpoint}
-        metadata = dict(metadata) if isinstance(metadata, dict) else {}
-        if isinstance(hidden, dict):
-            metadata.update(hidden)
-        for key, value in zip(COLUMN_KEYS, raw[9:13], strict=False):
-            if value is not None and key not in metadata:
-                metadata[key] = str(value) if key == "run_id" else value
+        metadata = _row_metadata(metadata, hidden, raw[9:13])
         return _Row(
             thread_id=thread_id,
             ns=ns,
@@ -461,6 +494,45 @@ class PostgresSaver(BaseSaver):
             blob_channels=blob_channels,
             metadata=metadata,
             created_at=created,
+        )
+
+    def _summary(
+        self, thread_id: str, cid: str, light: bytes
+    ) -> tuple[builtins.list[str], bool, dict[str, Any] | None]:
+        """Decode a `light` summary (see `_light_summary`)."""
+        try:
+            scheduled, has_messages, packed = ormsgpack.unpackb(light)
+            hidden = (
+                None
+                if packed is None
+                else {
+                    k: v
+                    for k, v in zip(HIDDEN_META, packed, strict=True)
+                    if v is not None
+                }
+            )
+            return [str(node) for node in scheduled], bool(has_messages), hidden
+        except (ormsgpack.MsgpackDecodeError, TypeError, ValueError):
+            raise CorruptCheckpoint(
+                thread_id, cid, "its timeline summary is damaged"
+            ) from None
+
+    def _light_row(self, raw: Sequence[Any]) -> _Row:
+        thread_id, ns, cid, parent, segment = raw[:5]
+        metadata, created, light = raw[7], raw[8], raw[13]
+        scheduled, has_messages, hidden = self._summary(thread_id, cid, light)
+        return _Row(
+            thread_id=thread_id,
+            ns=ns,
+            checkpoint_id=cid,
+            parent_id=parent,
+            segment=int(segment),
+            checkpoint={"id": cid, "ts": _ts_text(created)},
+            blob_channels=[],
+            metadata=_row_metadata(metadata, hidden, raw[9:13]),
+            created_at=created,
+            scheduled=scheduled,
+            has_messages=has_messages,
         )
 
     # -- writes ------------------------------------------------------------------
@@ -612,7 +684,13 @@ class PostgresSaver(BaseSaver):
             write.checkpoint_id,
         )
         forked = write.metadata.get("forked_from")
-        type_, data = self._encode_checkpoint(write.checkpoint, plan, write.metadata)
+        ts = _ts_time(write.checkpoint)
+        created_at = write.created_at or ts
+        in_column = ts is not None and created_at == ts
+        light = _light_summary(write.checkpoint, write.metadata) if in_column else None
+        type_, data = self._encode_checkpoint(
+            write.checkpoint, plan, write.metadata, in_column, light is not None
+        )
         blobs = plan.blobs
         row = conn.execute(
             "SELECT outcome, head, segment FROM agentmatic_put("
@@ -627,7 +705,9 @@ class PostgresSaver(BaseSaver):
             "%s::text[], %s::integer[], %s::bytea[], %s::bytea[], "
             # the tasks' writes
             "%s::text[], %s::text[], %s::integer[], %s::text[], %s::text[], "
-            "%s::bytea[], %s::bytea[])",
+            "%s::bytea[], %s::bytea[], "
+            # the timeline's summary
+            "%s)",
             (
                 write.thread_id,
                 write.ns,
@@ -648,7 +728,7 @@ class PostgresSaver(BaseSaver):
                 _jsonb(forked, write.thread_id, write.checkpoint_id)
                 if forked
                 else None,
-                write.created_at,
+                created_at,
                 [b.channel for b in blobs] if blobs else None,
                 [b.version for b in blobs] if blobs else None,
                 [b.type for b in blobs] if blobs else None,
@@ -659,6 +739,7 @@ class PostgresSaver(BaseSaver):
                 list(plan.chunks) if plan.chunks else None,
                 list(plan.chunks.values()) if plan.chunks else None,
                 *(step_writes.columns() if step_writes else (None,) * 7),
+                light,
             ),
         ).fetchone()
         assert row is not None
@@ -976,17 +1057,18 @@ class PostgresSaver(BaseSaver):
         thread_id: str,
         ns: str,
         checkpoint_id: str | None,
+        columns: str = ROW,
     ) -> builtins.list[_Row]:
         """Return the named checkpoint's row, or the thread's newest (or none)."""
         if checkpoint_id is None:
             raw = conn.execute(
-                f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
+                f"SELECT {columns} FROM agentmatic_checkpoints WHERE thread_id = %s "
                 "AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1",
                 (thread_id, ns),
             ).fetchall()
         else:
             raw = conn.execute(
-                f"SELECT {ROW} FROM agentmatic_checkpoints WHERE thread_id = %s "
+                f"SELECT {columns} FROM agentmatic_checkpoints WHERE thread_id = %s "
                 "AND checkpoint_ns = %s AND checkpoint_id = %s",
                 (thread_id, ns, checkpoint_id),
             ).fetchall()
@@ -1815,9 +1897,10 @@ class PostgresSaver(BaseSaver):
             conn.execute(
                 "WITH ins AS (INSERT INTO agentmatic_checkpoints (thread_id, "
                 "checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
-                "created_at, step, source, actor, type, checkpoint, metadata) "
-                "SELECT %s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
-                "segment, created_at, step, source, actor, type, checkpoint, metadata "
+                "created_at, step, source, actor, run_id, type, checkpoint, metadata, "
+                "light) SELECT %s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+                "segment, created_at, step, source, actor, run_id, type, checkpoint, "
+                "metadata, light "
                 "FROM agentmatic_checkpoints WHERE thread_id = %s "
                 "ON CONFLICT DO NOTHING RETURNING checkpoint_ns) "
                 "UPDATE agentmatic_threads t SET checkpoints = t.checkpoints + n.count "
@@ -2022,7 +2105,7 @@ class PostgresSaver(BaseSaver):
                 "SELECT t.thread_id, t.created_at, t.updated_at, t.agent, "
                 "t.started_by, t.checkpoints, t.forked_from, "
                 f"{_prefixed(ROW, 'h')} FROM agentmatic_threads t "
-                f"CROSS JOIN LATERAL (SELECT {ROW} FROM agentmatic_checkpoints c "
+                f"CROSS JOIN LATERAL (SELECT {LIGHT_ROW} FROM agentmatic_checkpoints c "
                 "WHERE c.thread_id = t.thread_id AND c.checkpoint_ns = '' "
                 "ORDER BY c.checkpoint_id DESC LIMIT 1) h "
                 f"WHERE {' AND '.join(where)} "
@@ -2068,7 +2151,7 @@ class PostgresSaver(BaseSaver):
             where += " AND checkpoint_id < %s"
             params.append(before)
         sql = (
-            f"SELECT {ROW} FROM agentmatic_checkpoints WHERE {where} "
+            f"SELECT {LIGHT_ROW} FROM agentmatic_checkpoints WHERE {where} "
             "ORDER BY checkpoint_id DESC"
         )
         if limit is not None:
@@ -2082,7 +2165,9 @@ class PostgresSaver(BaseSaver):
         self, thread_id: str, ns: str, checkpoint_id: str | None
     ) -> builtins.list[State]:
         with self._conn() as conn:
-            rows = self._checkpoint_rows(conn, thread_id, ns, checkpoint_id)
+            rows = self._checkpoint_rows(
+                conn, thread_id, ns, checkpoint_id, columns=LIGHT_ROW
+            )
             return self._light_from_rows(conn, rows)
 
     def _light_from_rows(
@@ -2115,48 +2200,54 @@ class PostgresSaver(BaseSaver):
                 if _needs_value(ch) and ch in r.checkpoint["channel_versions"]
             }
             with conn.pipeline():
-                write_cur = conn.execute(
-                    "SELECT checkpoint_id, task_id, channel, "
-                    "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
-                    "AND checkpoint_id = ANY(%s::text[])) THEN type END, "
-                    "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
-                    "AND checkpoint_id = ANY(%s::text[])) THEN blob END, "
-                    "task_path, idx, "
-                    "CASE WHEN checkpoint_id = ANY(%s::text[]) THEN extra END "
-                    "FROM agentmatic_writes WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
-                    (
-                        list(TIMELINE_CHANNELS),
-                        MESSAGES,
-                        sorted(parents),
-                        list(TIMELINE_CHANNELS),
-                        MESSAGES,
-                        sorted(parents),
-                        sorted(parents),
-                        thread_id,
-                        ns,
-                        ids,
-                    ),
-                )
+                write_cur = self._timeline_writes(conn, thread_id, ns, ids, parents)
                 blob_cur = self._blob_query(conn, thread_id, ns, tasks_wanted)
+            wanted = set(ids)
             writes: dict[str, builtins.list[tuple[Any, ...]]] = {}
             for w in _expand(write_cur.fetchall(), thread_id):
+                if w[0] not in wanted:
+                    continue
                 writes.setdefault(w[0], []).append(w[1:])
             sends = self._blob_values(
                 conn, thread_id, _blob_rows(blob_cur), tasks_wanted, serde
             )
+            writes_on = _WritesOn(self, thread_id, writes, serde)
             resolver = _LightResolver(self, thread_id, ns)
-            present = {r.checkpoint_id for r in group}
-            for pid in parents - present:
-                resolver.tuples[pid] = CheckpointTuple(
-                    config=thread_config(thread_id, pid, ns),
-                    checkpoint={"id": pid},
-                    metadata={},
-                    parent_config=None,
-                    pending_writes=self._light_writes(thread_id, pid, writes, serde),
-                )
             tuples = []
             for row in group:
+                config = thread_config(thread_id, row.checkpoint_id, ns)
+                parent_config = (
+                    thread_config(thread_id, row.parent_id, ns)
+                    if row.parent_id
+                    else None
+                )
+                if row.scheduled is not None:
+                    # The row's summary says what runs next: nothing to decode.
+                    runs_tools = row.checkpoint_id in tool_next
+                    state = assemble_state(
+                        checkpoint_id=row.checkpoint_id,
+                        created_at=row.checkpoint.get("ts"),
+                        config=config,
+                        parent_config=parent_config,
+                        metadata=row.metadata,
+                        scheduled=[(node, None) for node in row.scheduled],
+                        pending_writes=writes_on(row.checkpoint_id),
+                        messages=messages_written(writes_on(row.parent_id))
+                        if runs_tools and row.parent_id
+                        else [],
+                        values={},
+                    )
+                    if runs_tools and not state.pending_tool_calls and row.has_messages:
+                        tup = CheckpointTuple(
+                            config=config,
+                            checkpoint=row.checkpoint,
+                            metadata=row.metadata,
+                            parent_config=parent_config,
+                            pending_writes=writes_on(row.checkpoint_id),
+                        )
+                        state = self._state_with_messages(conn, row, tup)
+                    states[(thread_id, ns, row.checkpoint_id)] = state
+                    continue
                 values = dict(row.checkpoint.get("channel_values") or {})
                 versions = row.checkpoint.get("channel_versions") or {}
                 for ch in row.blob_channels:
@@ -2167,20 +2258,23 @@ class PostgresSaver(BaseSaver):
                     if key in sends:
                         values[ch] = sends[key]
                 tup = CheckpointTuple(
-                    config=thread_config(thread_id, row.checkpoint_id, ns),
+                    config=config,
                     checkpoint={**row.checkpoint, "channel_values": values},
                     metadata=row.metadata,
-                    parent_config=(
-                        thread_config(thread_id, row.parent_id, ns)
-                        if row.parent_id
-                        else None
-                    ),
-                    pending_writes=self._light_writes(
-                        thread_id, row.checkpoint_id, writes, serde
-                    ),
+                    parent_config=parent_config,
+                    pending_writes=writes_on(row.checkpoint_id),
                 )
                 resolver.tuples[row.checkpoint_id] = tup
                 tuples.append((row, tup))
+            for pid in parents:
+                if pid not in resolver.tuples:
+                    resolver.tuples[pid] = CheckpointTuple(
+                        config=thread_config(thread_id, pid, ns),
+                        checkpoint={"id": pid},
+                        metadata={},
+                        parent_config=None,
+                        pending_writes=writes_on(pid),
+                    )
             for row, tup in tuples:
                 state = build_state(tup, values=None, resolver=resolver)
                 if (
@@ -2191,6 +2285,67 @@ class PostgresSaver(BaseSaver):
                     state = self._state_with_messages(conn, row, tup)
                 states[(thread_id, ns, row.checkpoint_id)] = state
         return [states[(r.thread_id, r.ns, r.checkpoint_id)] for r in rows]
+
+    def _timeline_writes(
+        self,
+        conn: psycopg.Connection[Any],
+        thread_id: str,
+        ns: str,
+        ids: Sequence[str],
+        parents: set[str],
+    ) -> psycopg.Cursor[Any]:
+        """Query the writes on `ids` (sorted) that a timeline reads.
+
+        Values come only for interrupts, decisions and errors, and for the
+        messages written on `parents`. A long stretch of checkpoints is one
+        id range (the caller drops the ids it did not ask for): sending
+        thousands of ids costs more than the rows in between.
+        """
+        if len(ids) <= ID_LIST_MAX:
+            return conn.execute(
+                "SELECT checkpoint_id, task_id, channel, "
+                "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
+                "AND checkpoint_id = ANY(%s::text[])) THEN type END, "
+                "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
+                "AND checkpoint_id = ANY(%s::text[])) THEN blob END, "
+                "task_path, idx, "
+                "CASE WHEN checkpoint_id = ANY(%s::text[]) THEN extra END "
+                "FROM agentmatic_writes WHERE thread_id = %s "
+                "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
+                (
+                    list(TIMELINE_CHANNELS),
+                    MESSAGES,
+                    sorted(parents),
+                    list(TIMELINE_CHANNELS),
+                    MESSAGES,
+                    sorted(parents),
+                    sorted(parents),
+                    thread_id,
+                    ns,
+                    list(ids),
+                ),
+            )
+        return conn.execute(
+            "WITH p AS (SELECT %s::text[] AS parents) "
+            "SELECT checkpoint_id, task_id, channel, "
+            "CASE WHEN channel = ANY(%s::text[]) "
+            "OR (channel = %s AND checkpoint_id = ANY(p.parents)) THEN type END, "
+            "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
+            "AND checkpoint_id = ANY(p.parents)) THEN blob END, "
+            "task_path, idx, extra FROM agentmatic_writes, p WHERE thread_id = %s "
+            "AND checkpoint_ns = %s AND checkpoint_id >= %s AND checkpoint_id <= %s",
+            (
+                sorted(parents),
+                list(TIMELINE_CHANNELS),
+                MESSAGES,
+                list(TIMELINE_CHANNELS),
+                MESSAGES,
+                thread_id,
+                ns,
+                ids[0],
+                ids[-1],
+            ),
+        )
 
     def _light_writes(
         self,
@@ -2203,11 +2358,13 @@ class PostgresSaver(BaseSaver):
         for task_id, channel, type_, blob, _path, _idx in sorted(
             writes.get(checkpoint_id, []), key=lambda w: (w[4], w[0], w[5])
         ):
-            value = (
-                self._loads(serde, thread_id, checkpoint_id, type_, blob)
-                if blob is not None and type_ != "null"
-                else None
-            )
+            value: Any = None
+            if blob is not None and type_ != "null":
+                # Of messages a timeline needs only the calls: read just those.
+                if channel == MESSAGES:
+                    value = _calls_only(type_, blob)
+                if value is None:
+                    value = self._loads(serde, thread_id, checkpoint_id, type_, blob)
             out.append((task_id, channel, value))
         return out
 
@@ -2220,7 +2377,32 @@ class PostgresSaver(BaseSaver):
         values = dict(tup.checkpoint.get("channel_values") or {})
         values[MESSAGES] = DeltaSnapshot(list(messages or []))
         light = tup._replace(checkpoint={**tup.checkpoint, "channel_values": values})
-        return build_state(light, values=None)
+        return build_state(light, values=None, scheduled=_scheduled(row))
+
+
+class _WritesOn:
+    """The pending writes of each checkpoint of a timeline, decoded once."""
+
+    def __init__(
+        self,
+        saver: PostgresSaver,
+        thread_id: str,
+        writes: dict[str, builtins.list[tuple[Any, ...]]],
+        serde: Serializer,
+    ) -> None:
+        self.saver = saver
+        self.thread_id = thread_id
+        self.writes = writes
+        self.serde = serde
+        self.decoded: dict[str, builtins.list[PendingWrite]] = {}
+
+    def __call__(self, checkpoint_id: str) -> builtins.list[PendingWrite]:
+        found = self.decoded.get(checkpoint_id)
+        if found is None:
+            found = self.decoded[checkpoint_id] = self.saver._light_writes(
+                self.thread_id, checkpoint_id, self.writes, self.serde
+            )
+        return found
 
 
 class _LightResolver(ValueResolver):
@@ -2238,6 +2420,85 @@ class _Nothing:
 _NOTHING: Any = _Nothing()
 
 
+def _ts_time(checkpoint: dict[str, Any]) -> datetime | None:
+    """Return the checkpoint's ts as a time, if `created_at` can hold it exactly."""
+    ts = checkpoint.get("ts")
+    if not isinstance(ts, str):
+        return None
+    try:
+        when = datetime.fromisoformat(ts)
+    except ValueError:
+        return None
+    if when.utcoffset() != timedelta(0):
+        return None
+    when = when.astimezone(UTC)
+    return when if when.isoformat() == ts else None
+
+
+def _ts_text(created: datetime | None) -> str | None:
+    return created.astimezone(UTC).isoformat() if created is not None else None
+
+
+def _row_metadata(stored: Any, hidden: Any, columns: Sequence[Any]) -> dict[str, Any]:
+    """Return a checkpoint's metadata: the jsonb, the hidden part, the columns."""
+    metadata = dict(stored) if isinstance(stored, dict) else {}
+    if isinstance(hidden, dict):
+        metadata.update(hidden)
+    for key, value in zip(COLUMN_KEYS, columns, strict=False):
+        if value is not None and key not in metadata:
+            metadata[key] = str(value) if key == "run_id" else value
+    return metadata
+
+
+def _light_summary(
+    checkpoint: dict[str, Any], metadata: dict[str, Any]
+) -> bytes | None:
+    """Return what a timeline needs of a checkpoint, or None if it needs more.
+
+    That is the nodes it runs next, whether it has a message log, and the
+    metadata kept inside the checkpoint. A checkpoint that queues packets,
+    waits at a barrier or stores its messages inline is read whole.
+    """
+    values = checkpoint.get("channel_values") or {}
+    if (
+        TASKS in values
+        or MESSAGES in values
+        or checkpoint.get("pending_sends")
+        or any(ch.startswith("join:") for ch in values)
+    ):
+        return None
+    if any(k in metadata and metadata[k] is None for k in HIDDEN_META):
+        return None
+    scheduled = [node for node, _arg in next_nodes(checkpoint)]
+    # The hidden metadata, by position in HIDDEN_META (None: not there).
+    hidden = [metadata.get(k) for k in HIDDEN_META]
+    try:
+        return ormsgpack.packb(
+            [
+                scheduled,
+                MESSAGES in (checkpoint.get("channel_versions") or {}),
+                hidden if any(v is not None for v in hidden) else None,
+            ]
+        )
+    except TypeError:
+        return None
+
+
+def _scheduled(row: _Row) -> builtins.list[tuple[str, Any]] | None:
+    if row.scheduled is None:
+        return None
+    return [(node, None) for node in row.scheduled]
+
+
+def _calls_only(type_: str, blob: bytes) -> builtins.list[Any] | None:
+    """Return stand-ins for stored messages, holding only their tool calls."""
+    try:
+        tag, data = packing.unpack_typed(type_, bytes(blob))
+    except SerializationError:
+        return None
+    return minimal_from_msgpack(data) if tag == "msgpack" else None
+
+
 def _needs_value(channel: str) -> bool:
     """Return whether a timeline needs a blob channel's value, not its presence."""
     return channel == TASKS or channel.startswith("join:")
@@ -2245,6 +2506,8 @@ def _needs_value(channel: str) -> bool:
 
 def _may_run_tools(row: _Row) -> bool:
     """Return whether a checkpoint may schedule a tool (cheap over-estimate)."""
+    if row.scheduled is not None:
+        return any(n not in LLM_NODES and n != START for n in row.scheduled)
     values = row.checkpoint.get("channel_values") or {}
     if values.get(TASKS) or TASKS in row.blob_channels:
         return True

@@ -258,7 +258,10 @@ MIGRATIONS: list[str] = [
     # stored writes there already: the saver then takes its transactional
     # path. It reads the head with one index read. Older callers, passing no
     # `w_` arrays, get the function they knew.
+    # Checkpoints get `light`: what a timeline needs of one (the nodes it runs
+    # next), so a history without values decodes no checkpoint.
     """
+    ALTER TABLE agentmatic_checkpoints ADD COLUMN light bytea;
     DROP FUNCTION agentmatic_put(text, text, text, text, boolean, text, boolean,
         integer, text, text, uuid, text, bytea, jsonb, text, text, jsonb,
         timestamptz, text[], text[], text[], bytea[], bytea[], text[], integer[],
@@ -276,7 +279,7 @@ MIGRATIONS: list[str] = [
         w_task text[] DEFAULT NULL, w_path text[] DEFAULT NULL,
         w_idx integer[] DEFAULT NULL, w_channel text[] DEFAULT NULL,
         w_type text[] DEFAULT NULL, w_blob bytea[] DEFAULT NULL,
-        w_extra bytea[] DEFAULT NULL
+        w_extra bytea[] DEFAULT NULL, p_light bytea DEFAULT NULL
     ) RETURNS TABLE (outcome text, head text, segment bigint)
     LANGUAGE plpgsql AS $$
     DECLARE
@@ -359,10 +362,10 @@ MIGRATIONS: list[str] = [
         END IF;
         INSERT INTO agentmatic_checkpoints (thread_id, checkpoint_ns, checkpoint_id,
             parent_checkpoint_id, segment, created_at, step, source, actor, run_id,
-            type, checkpoint, metadata)
+            type, checkpoint, metadata, light)
         VALUES (p_thread, p_ns, p_id, p_parent, v_segment,
             coalesce(p_created_at, now()), p_step, p_source, p_actor, p_run_id,
-            p_type, p_checkpoint, p_metadata)
+            p_type, p_checkpoint, p_metadata, p_light)
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_added = ROW_COUNT;
         UPDATE agentmatic_threads t SET
