@@ -460,11 +460,26 @@ class PostgresSaver(BaseSaver):
         return packing.pack_typed(*self.serde.dumps_typed(stored))
 
     def _decode_row(self, raw: Sequence[Any], serde: Serializer | None = None) -> _Row:
-        """Decode a `ROW` (or a `LIGHT_ROW`, whose summary stands in for it)."""
+        """Decode a `ROW`, or a `LIGHT_ROW` whose summary stands in for it."""
         thread_id, ns, cid, parent, segment, type_, data, metadata, created = raw[:9]
         light = raw[13] if len(raw) > 13 else None
-        if data is None and light is not None:
-            return self._light_row(raw)
+        summary = self._summary(thread_id, cid, light) if light is not None else None
+        row = _Row(
+            thread_id=thread_id,
+            ns=ns,
+            checkpoint_id=cid,
+            parent_id=parent,
+            segment=int(segment),
+            checkpoint={"id": cid, "ts": _ts_text(created)},
+            blob_channels=[],
+            metadata={},
+            created_at=created,
+        )
+        hidden = summary[2] if summary is not None else None
+        if data is None and summary is not None:
+            row.scheduled, row.has_messages = summary[0], summary[1]
+            row.metadata = _row_metadata(metadata, hidden, raw[9:13])
+            return row
         serde = serde or self.serde
         try:
             checkpoint = serde.loads_typed(
@@ -476,25 +491,13 @@ class PostgresSaver(BaseSaver):
             raise CorruptCheckpoint(thread_id, cid, str(exc)) from None
         if not isinstance(checkpoint, dict):
             raise CorruptCheckpoint(thread_id, cid, "it does not hold a checkpoint")
-        blob_channels = list(checkpoint.pop(BLOBS_KEY, None) or [])
-        hidden = checkpoint.pop(HIDDEN_KEY, None)
-        if hidden is None and light is not None:
-            hidden = self._summary(thread_id, cid, light)[2]
+        row.blob_channels = list(checkpoint.pop(BLOBS_KEY, None) or [])
+        hidden = checkpoint.pop(HIDDEN_KEY, None) or hidden
         if checkpoint.pop(NO_TS_KEY, None) is None and "ts" not in checkpoint:
-            checkpoint["ts"] = _ts_text(created)
-        checkpoint = {"id": cid, **checkpoint}
-        metadata = _row_metadata(metadata, hidden, raw[9:13])
-        return _Row(
-            thread_id=thread_id,
-            ns=ns,
-            checkpoint_id=cid,
-            parent_id=parent,
-            segment=int(segment),
-            checkpoint=checkpoint,
-            blob_channels=blob_channels,
-            metadata=metadata,
-            created_at=created,
-        )
+            checkpoint["ts"] = row.checkpoint["ts"]
+        row.checkpoint = {"id": cid, **checkpoint}
+        row.metadata = _row_metadata(metadata, hidden, raw[9:13])
+        return row
 
     def _summary(
         self, thread_id: str, cid: str, light: bytes
@@ -516,24 +519,6 @@ class PostgresSaver(BaseSaver):
             raise CorruptCheckpoint(
                 thread_id, cid, "its timeline summary is damaged"
             ) from None
-
-    def _light_row(self, raw: Sequence[Any]) -> _Row:
-        thread_id, ns, cid, parent, segment = raw[:5]
-        metadata, created, light = raw[7], raw[8], raw[13]
-        scheduled, has_messages, hidden = self._summary(thread_id, cid, light)
-        return _Row(
-            thread_id=thread_id,
-            ns=ns,
-            checkpoint_id=cid,
-            parent_id=parent,
-            segment=int(segment),
-            checkpoint={"id": cid, "ts": _ts_text(created)},
-            blob_channels=[],
-            metadata=_row_metadata(metadata, hidden, raw[9:13]),
-            created_at=created,
-            scheduled=scheduled,
-            has_messages=has_messages,
-        )
 
     # -- writes ------------------------------------------------------------------
 
@@ -687,7 +672,11 @@ class PostgresSaver(BaseSaver):
         ts = _ts_time(write.checkpoint)
         created_at = write.created_at or ts
         in_column = ts is not None and created_at == ts
-        light = _light_summary(write.checkpoint, write.metadata) if in_column else None
+        light = (
+            _light_summary(write.checkpoint, write.metadata, plan.inline)
+            if in_column
+            else None
+        )
         type_, data = self._encode_checkpoint(
             write.checkpoint, plan, write.metadata, in_column, light is not None
         )
@@ -2451,18 +2440,19 @@ def _row_metadata(stored: Any, hidden: Any, columns: Sequence[Any]) -> dict[str,
 
 
 def _light_summary(
-    checkpoint: dict[str, Any], metadata: dict[str, Any]
+    checkpoint: dict[str, Any], metadata: dict[str, Any], inline: dict[str, Any]
 ) -> bytes | None:
     """Return what a timeline needs of a checkpoint, or None if it needs more.
 
     That is the nodes it runs next, whether it has a message log, and the
     metadata kept inside the checkpoint. A checkpoint that queues packets,
-    waits at a barrier or stores its messages inline is read whole.
+    waits at a barrier or keeps its messages in the row (`inline`) is read
+    whole.
     """
     values = checkpoint.get("channel_values") or {}
     if (
         TASKS in values
-        or MESSAGES in values
+        or MESSAGES in inline
         or checkpoint.get("pending_sends")
         or any(ch.startswith("join:") for ch in values)
     ):
