@@ -1,23 +1,17 @@
 """LangGraph's conformance suite, in full, for RedisSaver and S3Saver.
 
-The same runner as tests/test_conformance.py: each saver wrapped by
-`LangGraphSaver`, once through the suite's own `validate()` (every
-capability, extended ones included, detected and passed) and once per spec
-test, so a failure names the test that broke.
+The runner is tests/conformance.py; this file names the server savers.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from langgraph.checkpoint.conformance import checkpointer_test, validate
-from langgraph.checkpoint.conformance.capabilities import Capability
 
 from agentmatic.compat.langgraph import LangGraphSaver
-from tests.test_conformance import SPEC_TESTS, SpecTest
+from tests.conformance import SpecTest, check_full_suite, every_spec_test
 
 KINDS = ["redis", "s3"]
 
@@ -53,31 +47,10 @@ def make_saver(request: pytest.FixtureRequest) -> Any:
 async def test_the_full_suite_passes_with_nothing_skipped(
     kind: str, make_saver: Any
 ) -> None:
-    @checkpointer_test(name=f"agentmatic-{kind}")
-    async def factory() -> AsyncIterator[LangGraphSaver]:
-        yield LangGraphSaver(make_saver())
-
-    report = await validate(factory)
-
-    assert set(report.results) == {c.value for c in Capability}
-    failures = {
-        name: result.failures
-        for name, result in report.results.items()
-        if result.failures or result.tests_failed
-    }
-    assert failures == {}
-    skipped = {
-        name
-        for name, result in report.results.items()
-        if not result.detected or result.tests_skipped or result.passed is not True
-    }
-    assert skipped == set()
-    assert report.conformance_level() == "FULL"
+    await check_full_suite(f"agentmatic-{kind}", make_saver)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(
-    "test", [t[2] for t in SPEC_TESTS], ids=[f"{c}-{n}" for c, n, _ in SPEC_TESTS]
-)
+@every_spec_test
 async def test_spec(kind: str, test: SpecTest, make_saver: Any) -> None:
     await test(LangGraphSaver(make_saver()))
