@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 
+import ormsgpack
 import psycopg
 import pytest
 
@@ -583,7 +584,9 @@ def test_the_timeline_summary_reads_like_the_whole_checkpoint(saver, pg_url):
     assert [s.created_at for s in light] == [s.created_at for s in full]
 
 
-def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(saver, pg_url):
+def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(pg_url):
+    # A session time zone far from UTC: far-off years must still read back.
+    saver = PostgresSaver(f"{pg_url}?options=-c%20TimeZone%3DAsia/Tokyo")
     base = {
         "v": 4,
         "channel_values": {},
@@ -592,6 +595,8 @@ def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(saver, pg_url):
         "updated_channels": None,
     }
     stamps = {
+        "first": "0001-01-01T00:00:00+00:00",
+        "last": "9999-12-31T23:59:59.999999+00:00",
         "utc": "2026-01-01T00:00:00.123456+00:00",
         "zulu": "2026-01-01T00:00:00Z",
         "offset": "2026-01-01T02:00:00+02:00",
@@ -609,6 +614,8 @@ def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(saver, pg_url):
         "SELECT created_at FROM agentmatic_checkpoints WHERE thread_id = 'utc'",
     )[0]
     assert created.isoformat().startswith("2026-01-01T00:00:00.123456")
+    assert len(saver.list_threads().threads) == len(stamps) + 1
+    saver.close()
 
 
 def test_a_damaged_timeline_summary_names_its_checkpoint(saver, pg_url):
@@ -622,6 +629,105 @@ def test_a_damaged_timeline_summary_names_its_checkpoint(saver, pg_url):
     )
     with pytest.raises(CorruptCheckpoint, match=head.checkpoint_id):
         saver.get_state_history("t", values=False)
+
+
+def test_a_database_at_migration_five_gets_the_summary_column(pg_url):
+    from agentmatic.checkpoint.postgres.schema import MIGRATIONS
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for number, migration in enumerate(MIGRATIONS[:5], start=1):
+            conn.execute(migration)
+            conn.execute("INSERT INTO agentmatic_migrations (v) VALUES (%s)", (number,))
+    saver = PostgresSaver(pg_url)
+    assert saver.setup() == [6]
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    assert saver.get_state("t", values=False).next == ()
+    saver.close()
+
+
+def test_a_step_whose_tasks_share_an_id_stores_every_write(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_tuple(cfg("t"))
+    step = _step_checkpoint(head.checkpoint, 1)
+    saver.put_step(
+        head.config,
+        [("same", "", [("x", 1)]), ("same", "", [("x", 2), ("y", 3)])],
+        step,
+        {},
+        {"x": step["channel_versions"]["x"]},
+    )
+    assert saver.head_id("t") == step["id"]
+    written = [w for w in saver.get_tuple(head.config).pending_writes if w[0] == "same"]
+    assert written == [("same", "x", 1), ("same", "y", 3)]
+
+
+def test_a_step_refused_on_a_new_thread_leaves_no_thread_row(saver, pg_url):
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_tuple(cfg("t"))
+    with pytest.raises(ThreadConflict):
+        saver.put_step(
+            cfg("elsewhere", head.checkpoint["id"]),
+            [("task", "", [("x", 1)])],
+            _step_checkpoint(head.checkpoint, 1),
+            {},
+            {},
+            expected_head="not-there",
+        )
+    assert sql(
+        pg_url, "SELECT count(*) FROM agentmatic_threads WHERE thread_id = 'elsewhere'"
+    ) == [(0,)]
+
+
+def test_bookkeeping_metadata_keeps_its_types(pg_url):
+    import datetime as dt
+
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for key in (None, KEY):
+        saver = PostgresSaver(pg_url, chain_key=key)
+        thread_id = f"t-{key is not None}"
+        saver.put(
+            cfg(thread_id),
+            {
+                "v": 4,
+                "id": _new_id(),
+                "ts": "2026-01-01T00:00:00+00:00",
+                "channel_values": {},
+                "channel_versions": {},
+                "versions_seen": {},
+            },
+            {"counters_since_delta_snapshot": {"messages": when}},
+            {},
+        )
+        for state in (
+            saver.get_state(thread_id),
+            saver.get_state(thread_id, values=False),
+        ):
+            assert state.metadata["counters_since_delta_snapshot"] == {"messages": when}
+        if key is not None:
+            assert verify(saver, thread_id).ok
+        saver.close()
+
+
+def test_a_chained_saver_reads_no_summary(pg_url):
+    saver = PostgresSaver(pg_url, chain_key=KEY)
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $250")
+    assert sql(
+        pg_url, "SELECT count(*) FROM agentmatic_checkpoints WHERE light IS NOT NULL"
+    ) == [(0,)]
+    honest = saver.get_state_history("t", values=False)
+    # A summary slipped into a chained row changes nothing a reader shows.
+    sql(
+        pg_url,
+        "UPDATE agentmatic_checkpoints SET light = %s",
+        (ormsgpack.packb([["transfer_funds"], True, None]),),
+    )
+    assert saver.get_state_history("t", values=False) == honest
+    assert verify(saver, "t").ok
+    saver.close()
 
 
 def test_an_update_checkpoint_shows_the_calls_it_leaves_waiting(saver):

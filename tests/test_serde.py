@@ -789,3 +789,38 @@ def test_it_refuses_bytes_after_the_stored_value() -> None:
     tag, data = serde.dumps_typed({"messages": ["hi"], "amount": 250})
     with pytest.raises(SerializationError, match="bytes after"):
         serde.loads_typed((tag, data + b"\x01"))
+
+
+# -- the timeline's quick read of written messages -----------------------------------
+
+
+def _packed_message(module: str, name: str, fields: dict) -> bytes:
+    return ormsgpack.packb(
+        ormsgpack.Ext(
+            EXT_METHOD_SINGLE_ARG,
+            ormsgpack.packb([module, name, fields, "model_validate_json"]),
+        )
+    )
+
+
+def test_the_quick_read_of_messages_sees_the_calls_of_streamed_replies():
+    from agentmatic.checkpoint.light import minimal_from_msgpack
+
+    call = {"name": "refund", "args": {"amount": 5}, "id": "c1", "type": "tool_call"}
+    for cls in (lc.AIMessage, lc.AIMessageChunk):
+        tag, data = JsonPlusSerializer().dumps_typed(cls(content="", tool_calls=[call]))
+        assert tag == "msgpack"
+        (message,) = minimal_from_msgpack(data)
+        assert [c.id for c in message.tool_calls] == ["c1"]
+        # The full decoder reads the same calls.
+        full = Serializer().loads_typed((tag, data))
+        assert [c.id for c in full.tool_calls] == ["c1"]
+
+
+def test_the_quick_read_leaves_anything_else_to_the_serializer():
+    from agentmatic.checkpoint.light import minimal_from_msgpack
+
+    other = _packed_message("langchain_core.messages.function", "FunctionMessage", {})
+    assert minimal_from_msgpack(other) is None
+    assert minimal_from_msgpack(ormsgpack.packb({"type": "ai"})) is None
+    assert minimal_from_msgpack(b"\xc1") is None

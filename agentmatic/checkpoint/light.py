@@ -36,6 +36,7 @@ from agentmatic.checkpoint.reading import build_state, trigger_target
 from agentmatic.checkpoint.serde import DeltaSnapshot, Serializer
 from agentmatic.errors import CorruptCheckpoint, SerializationError
 from agentmatic.messages import (
+    LANGCHAIN_NAMES,
     AIMessage,
     BaseMessage,
     HumanMessage,
@@ -150,20 +151,20 @@ def minimal_messages(summary: Sequence[Sequence[Any]]) -> list[BaseMessage]:
 def minimal_from_msgpack(data: bytes) -> list[BaseMessage] | None:
     """Return stand-in messages for messages stored as msgpack, or None.
 
-    Only the fields of each message are read (no class is rebuilt), so this
-    is quick and safe on any input; None means "decode it the usual way".
+    Only the fields of LangChain's message classes are read (no class is
+    rebuilt), so this is quick and safe on any input; None, for anything
+    else, means "decode it the usual way".
     """
     try:
-        value = ormsgpack.unpackb(data, ext_hook=_ext_fields)
+        value = ormsgpack.unpackb(data, ext_hook=_ext_message)
     except Exception:
         return None
     out: list[BaseMessage] = []
-    for fields in value if isinstance(value, list) else [value]:
-        if not isinstance(fields, dict):
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, _Fields):
             return None
-        kind = fields.get("type")
-        if kind == "ai":
-            calls = fields.get("tool_calls") or []
+        if item.cls is AIMessage:
+            calls = item.fields.get("tool_calls") or []
             if not isinstance(calls, list) or not all(
                 isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls
             ):
@@ -171,30 +172,41 @@ def minimal_from_msgpack(data: bytes) -> list[BaseMessage] | None:
             out.append(
                 AIMessage(content="", tool_calls=[ToolCall.from_any(c) for c in calls])
             )
-        elif kind == "tool":
-            out.append(
-                ToolMessage(content="", tool_call_id=str(fields.get("tool_call_id")))
-            )
-        elif kind == "human":
+        elif item.cls is ToolMessage:
+            call_id = item.fields.get("tool_call_id")
+            out.append(ToolMessage(content="", tool_call_id=str(call_id)))
+        elif item.cls is HumanMessage:
             out.append(HumanMessage(content=""))
     return out
 
 
-def _ext_fields(code: int, data: bytes) -> Any:
-    """Return a message's fields from its extension, else a marker."""
+class _Fields:
+    """A LangChain message's class and fields, read from its extension."""
+
+    __slots__ = ("cls", "fields")
+
+    def __init__(self, cls: type[BaseMessage], fields: dict[str, Any]) -> None:
+        self.cls = cls
+        self.fields = fields
+
+
+def _ext_message(code: int, data: bytes) -> Any:
     parts = ormsgpack.unpackb(data)
     if (
         isinstance(parts, list)
         and len(parts) >= 3
-        and isinstance(parts[0], str)
-        and parts[0].startswith("langchain_core.messages")
+        and parts[0] in _MESSAGE_MODULES
         and isinstance(parts[2], dict)
     ):
-        return parts[2]
-    return _NOT_A_MESSAGE
+        cls = LANGCHAIN_NAMES.get(parts[1])
+        if cls is not None:
+            return _Fields(cls, parts[2])
+    raise ValueError("not a message")
 
 
-_NOT_A_MESSAGE = object()
+_MESSAGE_MODULES = frozenset(
+    f"langchain_core.messages.{m}" for m in ("ai", "human", "system", "tool")
+)
 
 
 def sorted_writes(writes: Sequence[WriteSummary]) -> list[WriteSummary]:

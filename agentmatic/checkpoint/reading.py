@@ -87,9 +87,15 @@ def is_state_channel(channel: str) -> bool:
     return not channel.startswith("__") and trigger_target(channel) is None
 
 
-@functools.lru_cache(maxsize=4096)
 def version_key(version: Any) -> tuple[int, float]:
     """Order LangGraph versions: ints, floats, or `"<n>.<random>"` strings."""
+    if isinstance(version, (str, int, float)):
+        return _version_key(version)
+    return _version_key.__wrapped__(version)
+
+
+@functools.lru_cache(maxsize=4096)
+def _version_key(version: Any) -> tuple[int, float]:
     if isinstance(version, (int, float)):
         return (int(version), 0.0)
     head, _, tail = str(version).partition(".")

@@ -1,8 +1,9 @@
 """Bring the PostgresSaver's own migrations up to date on Postgres.
 
-The saver's fifth migration stores a step's writes with its checkpoint in
-one statement. `PostgresSaver` would apply it on first use anyway; this
-makes ``manage.py migrate`` leave nothing for it to do.
+The saver's fifth and sixth migrations store a step's writes with its
+checkpoint in one statement and give each checkpoint a timeline summary.
+`PostgresSaver` would apply them on first use anyway; this makes
+``manage.py migrate`` leave nothing for it to do.
 """
 
 from importlib import import_module

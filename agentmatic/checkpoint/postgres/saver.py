@@ -103,6 +103,9 @@ INLINE_MAX = 64
 # Writes a timeline decodes; every other write is only counted.
 TIMELINE_CHANNELS = (INTERRUPT, DECISION, ERROR)
 PAGE = 500
+# The SQLSTATE `agentmatic_put` raises when a task of a step stored a result
+# before (migration 6).
+RESULT_STORED = "AM001"
 # More ids than this are sent to the database as a range, not a list.
 ID_LIST_MAX = 64
 MEMO_THREADS = 256
@@ -139,8 +142,8 @@ LIGHT_ROW = (
 # the jsonb column; it cannot be filtered on.
 HIDDEN_META = ("counters_since_delta_snapshot",)
 HIDDEN_KEY = "~meta"
-# Inside a stored checkpoint that has no ``ts``: its `created_at` is not one.
-NO_TS_KEY = "~nots"
+# Inside a stored checkpoint whose ``ts`` is its row's `created_at`.
+TS_IN_ROW_KEY = "~ts"
 BLOB = "channel, version, segment, checkpoint_id, type, data, chunks, base_version"
 WRITE = "checkpoint_id, task_id, channel, type, blob, task_path, idx, extra"
 
@@ -448,8 +451,8 @@ class PostgresSaver(BaseSaver):
             ("id", "channel_values", "ts") if ts_in_column else ("id", "channel_values")
         )
         stored = {k: v for k, v in checkpoint.items() if k not in dropped}
-        if "ts" not in checkpoint:
-            stored[NO_TS_KEY] = True
+        if ts_in_column:
+            stored[TS_IN_ROW_KEY] = 1
         stored["channel_values"] = plan.inline
         if plan.blob_channels:
             stored[BLOBS_KEY] = plan.blob_channels
@@ -462,7 +465,9 @@ class PostgresSaver(BaseSaver):
     def _decode_row(self, raw: Sequence[Any], serde: Serializer | None = None) -> _Row:
         """Decode a `ROW`, or a `LIGHT_ROW` whose summary stands in for it."""
         thread_id, ns, cid, parent, segment, type_, data, metadata, created = raw[:9]
-        light = raw[13] if len(raw) > 13 else None
+        # A chained saver writes no summary and trusts none: it reads only
+        # what the chain covers.
+        light = raw[13] if len(raw) > 13 and self.chain is None else None
         summary = self._summary(thread_id, cid, light) if light is not None else None
         row = _Row(
             thread_id=thread_id,
@@ -493,11 +498,16 @@ class PostgresSaver(BaseSaver):
             raise CorruptCheckpoint(thread_id, cid, "it does not hold a checkpoint")
         row.blob_channels = list(checkpoint.pop(BLOBS_KEY, None) or [])
         hidden = checkpoint.pop(HIDDEN_KEY, None) or hidden
-        if checkpoint.pop(NO_TS_KEY, None) is None and "ts" not in checkpoint:
+        if checkpoint.pop(TS_IN_ROW_KEY, None) is not None:
             checkpoint["ts"] = row.checkpoint["ts"]
         row.checkpoint = {"id": cid, **checkpoint}
         row.metadata = _row_metadata(metadata, hidden, raw[9:13])
         return row
+
+    @property
+    def _light_columns(self) -> str:
+        """The columns a timeline reads: summaries, unless the saver is chained."""
+        return ROW if self.chain is not None else LIGHT_ROW
 
     def _summary(
         self, thread_id: str, cid: str, light: bytes
@@ -505,6 +515,13 @@ class PostgresSaver(BaseSaver):
         """Decode a `light` summary (see `_light_summary`)."""
         try:
             scheduled, has_messages, packed = ormsgpack.unpackb(light)
+            if (
+                not isinstance(scheduled, list)
+                or not all(isinstance(node, str) for node in scheduled)
+                or not isinstance(has_messages, bool)
+                or not (packed is None or isinstance(packed, list))
+            ):
+                raise TypeError("not a summary")
             hidden = (
                 None
                 if packed is None
@@ -514,11 +531,11 @@ class PostgresSaver(BaseSaver):
                     if v is not None
                 }
             )
-            return [str(node) for node in scheduled], bool(has_messages), hidden
         except (ormsgpack.MsgpackDecodeError, TypeError, ValueError):
             raise CorruptCheckpoint(
                 thread_id, cid, "its timeline summary is damaged"
             ) from None
+        return scheduled, has_messages, hidden
 
     # -- writes ------------------------------------------------------------------
 
@@ -672,16 +689,18 @@ class PostgresSaver(BaseSaver):
         ts = _ts_time(write.checkpoint)
         created_at = write.created_at or ts
         in_column = ts is not None and created_at == ts
+        # A chained saver keeps no summary: its timeline is read from what
+        # the chain covers.
         light = (
             _light_summary(write.checkpoint, write.metadata, plan.inline)
-            if in_column
+            if in_column and self.chain is None
             else None
         )
         type_, data = self._encode_checkpoint(
             write.checkpoint, plan, write.metadata, in_column, light is not None
         )
         blobs = plan.blobs
-        row = conn.execute(
+        sql = (
             "SELECT outcome, head, segment FROM agentmatic_put("
             # thread, ns, id, parent, check, expected, strict
             "%s, %s, %s, %s, %s, %s, %s, "
@@ -696,41 +715,46 @@ class PostgresSaver(BaseSaver):
             "%s::text[], %s::text[], %s::integer[], %s::text[], %s::text[], "
             "%s::bytea[], %s::bytea[], "
             # the timeline's summary
-            "%s)",
-            (
-                write.thread_id,
-                write.ns,
-                write.checkpoint_id,
-                write.parent_id,
-                check,
-                expected,
-                strict,
-                _column_value(write.metadata, "step"),
-                _column_value(write.metadata, "source"),
-                _column_value(write.metadata, "actor"),
-                _column_value(write.metadata, "run_id"),
-                type_,
-                data,
-                meta,
-                _text(write.metadata.get("agent")),
-                _text(write.metadata.get("started_by")),
-                _jsonb(forked, write.thread_id, write.checkpoint_id)
-                if forked
-                else None,
-                created_at,
-                [b.channel for b in blobs] if blobs else None,
-                [b.version for b in blobs] if blobs else None,
-                [b.type for b in blobs] if blobs else None,
-                [b.data for b in blobs] if blobs else None,
-                [b.chunks for b in blobs] if blobs else None,
-                [b.base_version for b in blobs] if blobs else None,
-                [b.depth for b in blobs] if blobs else None,
-                list(plan.chunks) if plan.chunks else None,
-                list(plan.chunks.values()) if plan.chunks else None,
-                *(step_writes.columns() if step_writes else (None,) * 7),
-                light,
-            ),
-        ).fetchone()
+            "%s)"
+        )
+        params = (
+            write.thread_id,
+            write.ns,
+            write.checkpoint_id,
+            write.parent_id,
+            check,
+            expected,
+            strict,
+            _column_value(write.metadata, "step"),
+            _column_value(write.metadata, "source"),
+            _column_value(write.metadata, "actor"),
+            _column_value(write.metadata, "run_id"),
+            type_,
+            data,
+            meta,
+            _text(write.metadata.get("agent")),
+            _text(write.metadata.get("started_by")),
+            _jsonb(forked, write.thread_id, write.checkpoint_id) if forked else None,
+            created_at,
+            [b.channel for b in blobs] if blobs else None,
+            [b.version for b in blobs] if blobs else None,
+            [b.type for b in blobs] if blobs else None,
+            [b.data for b in blobs] if blobs else None,
+            [b.chunks for b in blobs] if blobs else None,
+            [b.base_version for b in blobs] if blobs else None,
+            [b.depth for b in blobs] if blobs else None,
+            list(plan.chunks) if plan.chunks else None,
+            list(plan.chunks.values()) if plan.chunks else None,
+            *(step_writes.columns() if step_writes else (None,) * 7),
+            light,
+        )
+        try:
+            row = conn.execute(sql, params).fetchone()
+        except psycopg.Error as exc:
+            if step_writes is not None and exc.sqlstate == RESULT_STORED:
+                # A task of the step stored a result before: nothing was stored.
+                return "rewrite", None, 0
+            raise
         assert row is not None
         return str(row[0]), row[1], int(row[2])
 
@@ -892,10 +916,14 @@ class PostgresSaver(BaseSaver):
         together = _StepWrites()
         for task_id, task_path, rows, _regular in prepared:
             together.add(task_id, task_path, rows)
+        # Usually one statement; a task that wrote before (or appears twice),
+        # or a parent that is not the thread's last checkpoint, takes a
+        # transaction.
+        one_statement = bool(together.rows) and len(
+            {task_id for task_id, *_rest in prepared}
+        ) == len(prepared)
         with self._conn() as conn:
-            # Usually one statement; a task that wrote before, or a parent
-            # that is not the thread's last checkpoint, takes a transaction.
-            if together.rows and self._put(conn, write, expected_head, together):
+            if one_statement and self._put(conn, write, expected_head, together):
                 return thread_config(thread_id, cid, ns)
             with conn.transaction():
                 for task_id, task_path, rows, regular in prepared:
@@ -2094,7 +2122,8 @@ class PostgresSaver(BaseSaver):
                 "SELECT t.thread_id, t.created_at, t.updated_at, t.agent, "
                 "t.started_by, t.checkpoints, t.forked_from, "
                 f"{_prefixed(ROW, 'h')} FROM agentmatic_threads t "
-                f"CROSS JOIN LATERAL (SELECT {LIGHT_ROW} FROM agentmatic_checkpoints c "
+                f"CROSS JOIN LATERAL (SELECT {self._light_columns} "
+                "FROM agentmatic_checkpoints c "
                 "WHERE c.thread_id = t.thread_id AND c.checkpoint_ns = '' "
                 "ORDER BY c.checkpoint_id DESC LIMIT 1) h "
                 f"WHERE {' AND '.join(where)} "
@@ -2140,8 +2169,8 @@ class PostgresSaver(BaseSaver):
             where += " AND checkpoint_id < %s"
             params.append(before)
         sql = (
-            f"SELECT {LIGHT_ROW} FROM agentmatic_checkpoints WHERE {where} "
-            "ORDER BY checkpoint_id DESC"
+            f"SELECT {self._light_columns} FROM agentmatic_checkpoints "
+            f"WHERE {where} ORDER BY checkpoint_id DESC"
         )
         if limit is not None:
             sql += " LIMIT %s"
@@ -2155,7 +2184,7 @@ class PostgresSaver(BaseSaver):
     ) -> builtins.list[State]:
         with self._conn() as conn:
             rows = self._checkpoint_rows(
-                conn, thread_id, ns, checkpoint_id, columns=LIGHT_ROW
+                conn, thread_id, ns, checkpoint_id, columns=self._light_columns
             )
             return self._light_from_rows(conn, rows)
 
@@ -2321,7 +2350,8 @@ class PostgresSaver(BaseSaver):
             "OR (channel = %s AND checkpoint_id = ANY(p.parents)) THEN type END, "
             "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
             "AND checkpoint_id = ANY(p.parents)) THEN blob END, "
-            "task_path, idx, extra FROM agentmatic_writes, p WHERE thread_id = %s "
+            "task_path, idx, CASE WHEN checkpoint_id = ANY(p.parents) THEN extra END "
+            "FROM agentmatic_writes, p WHERE thread_id = %s "
             "AND checkpoint_ns = %s AND checkpoint_id >= %s AND checkpoint_id <= %s",
             (
                 sorted(parents),
@@ -2418,7 +2448,8 @@ def _ts_time(checkpoint: dict[str, Any]) -> datetime | None:
         when = datetime.fromisoformat(ts)
     except ValueError:
         return None
-    if when.utcoffset() != timedelta(0):
+    if when.utcoffset() != timedelta(0) or not 1970 <= when.year < 9000:
+        # Far-off years may not convert in every session time zone.
         return None
     when = when.astimezone(UTC)
     return when if when.isoformat() == ts else None
@@ -2457,7 +2488,8 @@ def _light_summary(
         or any(ch.startswith("join:") for ch in values)
     ):
         return None
-    if any(k in metadata and metadata[k] is None for k in HIDDEN_META):
+    if any(k in metadata and not _plain(metadata[k]) for k in HIDDEN_META):
+        # Kept in the checkpoint, where the serializer keeps its types.
         return None
     scheduled = [node for node, _arg in next_nodes(checkpoint)]
     # The hidden metadata, by position in HIDDEN_META (None: not there).
@@ -2487,6 +2519,21 @@ def _calls_only(type_: str, blob: bytes) -> builtins.list[Any] | None:
     except SerializationError:
         return None
     return minimal_from_msgpack(data) if tag == "msgpack" else None
+
+
+def _plain(value: Any) -> bool:
+    """Return whether msgpack gives `value` back as it is (ints, text, lists)."""
+    if isinstance(value, bool) or value is None:
+        return value is not None
+    if type(value) in (int, str):
+        return type(value) is str or -(2**63) <= value < 2**64
+    if type(value) is list:
+        return all(_plain(v) or v is None for v in value)
+    if type(value) is dict:
+        return all(
+            type(k) is str and (_plain(v) or v is None) for k, v in value.items()
+        )
+    return False
 
 
 def _needs_value(channel: str) -> bool:
