@@ -153,6 +153,14 @@ def _step_checkpoint(parent: dict, step: int) -> dict:
     )
 
 
+def _head_and_next_step(saver: PostgresSaver) -> tuple:
+    """Run one refund on thread t; return its head and a checkpoint to follow it."""
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_tuple(cfg("t"))
+    return head, _step_checkpoint(head.checkpoint, 1)
+
+
 def _write_rows(pg_url: str, checkpoint_id: str) -> list[tuple]:
     return sql(
         pg_url,
@@ -163,10 +171,7 @@ def _write_rows(pg_url: str, checkpoint_id: str) -> list[tuple]:
 
 
 def test_a_step_stores_its_writes_and_checkpoint_together(saver, pg_url):
-    agent, _ = build(saver)
-    ask(agent, "t", "Refund $40")
-    head = saver.get_tuple(cfg("t"))
-    step = _step_checkpoint(head.checkpoint, 1)
+    head, step = _head_and_next_step(saver)
     saver.put_step(
         head.config,
         [("task-a", "", [("x", 1), ("__error__", "boom")]), ("task-b", "", [])],
@@ -647,10 +652,7 @@ def test_a_database_at_migration_five_gets_the_summary_column(pg_url):
 
 
 def test_a_step_whose_tasks_share_an_id_stores_every_write(saver, pg_url):
-    agent, _ = build(saver)
-    ask(agent, "t", "Refund $40")
-    head = saver.get_tuple(cfg("t"))
-    step = _step_checkpoint(head.checkpoint, 1)
+    head, step = _head_and_next_step(saver)
     saver.put_step(
         head.config,
         [("same", "", [("x", 1)]), ("same", "", [("x", 2), ("y", 3)])],
