@@ -713,6 +713,19 @@ def test_bookkeeping_metadata_keeps_its_types(pg_url):
         saver.close()
 
 
+def test_a_version_of_any_kind_is_stored_and_read(saver):
+    checkpoint = {
+        "v": 4,
+        "id": _new_id(),
+        "ts": "2026-01-01T00:00:00+00:00",
+        "channel_values": {"branch:to:tools": None},
+        "channel_versions": {"branch:to:tools": [1, 2]},
+        "versions_seen": {},
+    }
+    saver.put(cfg("t"), checkpoint, {}, {})
+    assert saver.get_state("t", values=False).next == saver.get_state("t").next
+
+
 def test_a_chained_saver_reads_no_summary(pg_url):
     saver = PostgresSaver(pg_url, chain_key=KEY)
     agent, _ = build(saver)
