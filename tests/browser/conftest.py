@@ -149,8 +149,13 @@ def page(browser, console_url):
     context = browser.new_context(
         base_url=console_url, viewport={"width": 1400, "height": 900}
     )
+    from playwright.sync_api import expect
+
     tab = context.new_page()
+    # Actions and assertions alike wait up to 15 s: the suite runs beside the
+    # browser on two cores, and a page load can take a few seconds.
     tab.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)
     yield tab
     context.close()
 
