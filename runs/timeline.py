@@ -106,12 +106,14 @@ def layout(
     lanes: Sequence[str | None] = (),
     parent_of_last: State | None = None,
     forks: dict[str, list[Fork]] | None = None,
+    continued: bool = False,
 ) -> tuple[list[Row], list[str | None]]:
     """Return the rows of `states` (newest first) and the lanes left open.
 
-    `lanes` are the lanes the previous page left open; `parent_of_last` is
-    the checkpoint just below the page (to name the last row's node);
-    `forks` lists, by checkpoint id, the threads forked from it.
+    `lanes` are the lanes the rows above the page left open (`continued`:
+    there are such rows); `parent_of_last` is the checkpoint just below the
+    page (to name the last row's node); `forks` lists, by checkpoint id, the
+    threads forked from it.
     """
     open_lanes: list[str | None] = list(lanes)
     rows: list[Row] = []
@@ -119,23 +121,13 @@ def layout(
     for state, older in zip(states, below, strict=True):
         parent_id = state.parent_checkpoint_id
         parent = older if older and older.checkpoint_id == parent_id else None
-        waiting = [i for i, cid in enumerate(open_lanes) if cid == state.checkpoint_id]
-        labels: list[str] = []
-        if waiting:
-            lane, joining = waiting[0], waiting[1:]
-        else:
-            lane = _free_lane(open_lanes)
-            joining = []
-            if rows or lanes:
-                labels.append("an earlier line ends here")
         above = list(open_lanes)
+        lane, joining, new_line = _place(open_lanes, state.checkpoint_id, parent_id)
+        labels: list[str] = []
+        if new_line and (rows or lanes or continued):
+            labels.append("an earlier line ends here")
         if joining:
             labels.append(f"branch point: {len(joining) + 1} lines")
-        while len(open_lanes) <= lane:
-            open_lanes.append(None)
-        open_lanes[lane] = parent_id
-        for i in joining:
-            open_lanes[i] = None
         if parent_id and older is not None and parent is None:
             labels.append(_branch_label(state))
         forked_from = state.metadata.get("forked_from")
@@ -156,6 +148,33 @@ def layout(
         )
         _trim(open_lanes)
     return rows, open_lanes
+
+
+def _place(
+    open_lanes: list[str | None], checkpoint_id: str, parent_id: str | None
+) -> tuple[int, list[int], bool]:
+    """Put a checkpoint in a lane; return it, the lanes joining it, and whether
+    it starts a new line. `open_lanes` then waits for its parent there."""
+    waiting = [i for i, cid in enumerate(open_lanes) if cid == checkpoint_id]
+    if waiting:
+        lane, joining = waiting[0], waiting[1:]
+    else:
+        lane, joining = _free_lane(open_lanes), []
+    while len(open_lanes) <= lane:
+        open_lanes.append(None)
+    open_lanes[lane] = parent_id
+    for i in joining:
+        open_lanes[i] = None
+    return lane, joining, not waiting
+
+
+def lanes_after(links: Sequence[tuple[str, str | None]]) -> list[str | None]:
+    """Return the lanes left open below these `(id, parent)` rows, newest first."""
+    open_lanes: list[str | None] = []
+    for checkpoint_id, parent_id in links:
+        _place(open_lanes, checkpoint_id, parent_id)
+        _trim(open_lanes)
+    return open_lanes
 
 
 def _branch_label(state: State) -> str:
@@ -328,19 +347,31 @@ def _oldest_first(
     forks: dict[str, list[Fork]] | None,
     size: int,
 ) -> Timeline:
-    # The readers page from the newest end only (`before=`), so oldest first
-    # lays out the whole history's metadata and shows a slice of it; an
-    # `after=` on get_state_history would let it read one page.
-    states = saver.get_state_history(thread_id, values=False)
-    rows, _ = layout(states, forks=forks)
+    # The page is a stretch of the newest-first history: the lanes the rows
+    # above it leave open come from the thread's shape alone (ids and
+    # parents), and only the page's own states are read.
+    links = saver.history_links(thread_id)
     offset = max(0, offset)
-    # rows are newest first: the oldest `offset` rows are at the end.
-    end = max(0, len(rows) - offset)
-    page = flip(rows[max(0, end - size) : end])
-    more = offset + size < len(rows)
+    end = max(0, len(links) - offset)
+    start = max(0, end - size)
+    before = links[start - 1][0] if start else None
+    # One more than shown, to name the node of the page's last row.
+    states = saver.get_state_history(
+        thread_id, limit=end - start + 1, before=before, values=False
+    )
+    shown = states[: end - start]
+    extra = states[end - start] if len(states) > end - start else None
+    rows, _ = layout(
+        shown,
+        lanes=lanes_after(links[:start]),
+        parent_of_last=extra,
+        forks=forks,
+        continued=start > 0,
+    )
+    more = offset + size < len(links)
     return Timeline(
-        rows=page,
+        rows=flip(rows),
         order="oldest",
         offset=offset + size if more else None,
-        total=len(rows),
+        total=len(links),
     )

@@ -252,6 +252,24 @@ class BaseSaver(ABC):
         """Return the checkpoint with this id in any thread, or None."""
         return find_checkpoint_by_scan(self, checkpoint_id)
 
+    def history_links(
+        self, thread_id: str, checkpoint_ns: str = ""
+    ) -> builtins.list[tuple[str, str | None]]:
+        """Return `(checkpoint id, parent id)` of every checkpoint, newest first.
+
+        The shape of a thread's history without its states: enough to lay
+        out its branches before reading one page of them.
+        """
+        return [
+            (
+                tup.checkpoint["id"],
+                tup.parent_config["configurable"].get("checkpoint_id")
+                if tup.parent_config
+                else None,
+            )
+            for tup in self.list(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
+        ]
+
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         tup = self.get_tuple(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
         return tup.checkpoint["id"] if tup else None

@@ -1001,6 +1001,20 @@ class SQLiteSaver(BaseSaver):
             return None
         return self.get_tuple(thread_config(row[0], str(checkpoint_id), row[1]))
 
+    def history_links(
+        self, thread_id: str, checkpoint_ns: str = ""
+    ) -> builtins.list[tuple[str, str | None]]:
+        """Return `(checkpoint id, parent id)` of every checkpoint, newest first."""
+        rows = self._read(
+            lambda conn: conn.execute(
+                "SELECT checkpoint_id, parent_checkpoint_id FROM checkpoints "
+                "WHERE thread_id = ? AND checkpoint_ns = ? "
+                "ORDER BY checkpoint_id DESC",
+                (str(thread_id), checkpoint_ns),
+            ).fetchall()
+        )
+        return [(str(cid), parent) for cid, parent in rows]
+
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         row = self._read(
             lambda conn: conn.execute(

@@ -2016,6 +2016,18 @@ class PostgresSaver(BaseSaver):
             return None
         return self.get_tuple(thread_config(row[0], str(checkpoint_id), row[1]))
 
+    def history_links(
+        self, thread_id: str, checkpoint_ns: str = ""
+    ) -> builtins.list[tuple[str, str | None]]:
+        """Return `(checkpoint id, parent id)` of every checkpoint, newest first."""
+        with self._conn() as conn:
+            return conn.execute(
+                "SELECT checkpoint_id, parent_checkpoint_id "
+                "FROM agentmatic_checkpoints WHERE thread_id = %s "
+                "AND checkpoint_ns = %s ORDER BY checkpoint_id DESC",
+                (str(thread_id), checkpoint_ns),
+            ).fetchall()
+
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         with self._conn() as conn:
             row = conn.execute(
