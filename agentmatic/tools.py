@@ -80,7 +80,8 @@ class Tool:
                 annotation,
                 pydantic.Field(default, description=arg_help.get(pname)),
             )
-        self.model: type[pydantic.BaseModel] = pydantic.create_model(  # type: ignore[call-overload]
+        create = pydantic.create_model
+        self.model: type[pydantic.BaseModel] = create(  # type: ignore[call-overload]
             f"{self.name}_args",
             # NaN and infinity compare false with everything, so a gate such as
             # `amount >= 100` would wave them through: refuse them here.

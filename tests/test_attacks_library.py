@@ -526,7 +526,7 @@ def test_a_gated_call_and_an_ungated_sibling_survive_a_crash_mid_superstep():
     assert lookups == ["acct-0"]
 
 
-def test_new_input_after_a_crash_mid_superstep_never_says_a_paid_call_was_not_executed():
+def test_input_after_a_crash_mid_step_never_says_a_paid_call_was_not_made():
     saver = PowerCut()
     agent, bank = payments(saver)
     ask(agent, "t", "Refund $40 and $250")
@@ -1020,7 +1020,7 @@ def _ledger(tmp_path: Path) -> list[list[Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_process_killed_after_the_tool_saved_its_result_is_resumed_without_paying_again(
+def test_a_process_killed_after_the_tool_saved_its_result_resumes_without_paying(
     tmp_path,
 ):
     assert _run_crash_script(tmp_path, "normal", "start").returncode == 0
@@ -1251,7 +1251,8 @@ def _poison_head(path: Path, thread_id: str) -> str:
     checkpoint["channel_values"]["evil"] = evil
     checkpoint["channel_versions"]["evil"] = "00000000000000000000000000000099.0"
     conn.execute(
-        "UPDATE checkpoints SET checkpoint = ? WHERE thread_id = ? AND checkpoint_id = ?",
+        "UPDATE checkpoints SET checkpoint = ? "
+        "WHERE thread_id = ? AND checkpoint_id = ?",
         (ormsgpack.packb(checkpoint), thread_id, cid),
     )
     conn.commit()
@@ -1308,7 +1309,8 @@ def test_an_unknown_extension_in_a_stored_write_names_the_thread(tmp_path):
     ask(agent, "victim", "Refund $250")
     conn = sqlite3.connect(path)
     conn.execute(
-        "UPDATE writes SET value = ? WHERE thread_id = 'victim' AND channel = '__interrupt__'",
+        "UPDATE writes SET value = ? "
+        "WHERE thread_id = 'victim' AND channel = '__interrupt__'",
         (ormsgpack.packb(ormsgpack.Ext(42, b"\x00")),),
     )
     conn.commit()
@@ -1521,7 +1523,7 @@ def test_tool_calls_without_ids_from_a_compatible_server_still_work(saver):
     assert len({p[2] for p in bank.paid}) == 2
 
 
-# === readers ===========================================================================
+# === readers ========================================================================
 
 
 def _branched_thread(agent):
@@ -1765,7 +1767,7 @@ def test_compaction_of_a_long_branched_thread_keeps_every_survivor_readable(save
     assert paused.next_tool_call.id not in {p[2].split(":")[1] for p in bank.paid}
 
 
-# === the event loop ====================================================================
+# === the event loop =================================================================
 
 
 def test_an_async_tool_runs_when_invoke_is_called_inside_a_running_loop(saver):

@@ -73,7 +73,9 @@ class Migration(migrations.Migration):
                     "reason",
                     models.TextField(
                         blank=True,
-                        help_text="Why the gate stopped the call, as the runtime stored it.",
+                        help_text=(
+                            "Why the gate stopped the call, as the runtime stored it."
+                        ),
                     ),
                 ),
                 (
@@ -87,7 +89,9 @@ class Migration(migrations.Migration):
                 (
                     "waiting_since",
                     models.DateTimeField(
-                        help_text="When the checkpoint holding the proposal was written."
+                        help_text=(
+                            "When the checkpoint holding the proposal was written."
+                        )
                     ),
                 ),
                 (
@@ -109,7 +113,9 @@ class Migration(migrations.Migration):
                     "wait_seconds",
                     models.PositiveIntegerField(
                         blank=True,
-                        help_text="How long the call waited for its decision, in seconds.",
+                        help_text=(
+                            "How long the call waited for its decision, in seconds."
+                        ),
                         null=True,
                     ),
                 ),
@@ -159,7 +165,11 @@ class Migration(migrations.Migration):
             name="final",
             field=models.BooleanField(
                 default=False,
-                help_text="This decision was written to the checkpoint: the one that counts. At most one per call; a first approval awaiting a second approver is not final.",
+                help_text=(
+                    "This decision was written to the checkpoint: the one that "
+                    "counts. At most one per call; a first approval awaiting a "
+                    "second approver is not final."
+                ),
             ),
         ),
         migrations.AddField(

@@ -1,4 +1,4 @@
-"""The REST API: every endpoint's permissions, threads, history, diff, forks, decisions."""
+"""The REST API: who may call what; threads, history, diff, forks, decisions."""
 
 from decimal import Decimal
 
