@@ -296,15 +296,6 @@ def _parent_id(tup: CheckpointTuple) -> str | None:
     return tup.parent_config["configurable"].get("checkpoint_id")
 
 
-def _writes_by_task(
-    pending: Sequence[tuple[str, str, Any]] | None,
-) -> dict[str, list[tuple[str, Any]]]:
-    out: dict[str, list[tuple[str, Any]]] = {}
-    for task_id, channel, value in pending or []:
-        out.setdefault(task_id, []).append((channel, value))
-    return out
-
-
 def _last_ai_message_from_writes(
     resolver: ValueResolver | None, tup: CheckpointTuple
 ) -> list[BaseMessage]:

@@ -475,7 +475,7 @@ class PostgresSaver(BaseSaver):
             checkpoint_id=cid,
             parent_id=parent,
             segment=int(segment),
-            checkpoint={"id": cid, "ts": _ts_text(created)},
+            checkpoint={"id": cid},
             blob_channels=[],
             metadata={},
             created_at=created,
@@ -483,6 +483,7 @@ class PostgresSaver(BaseSaver):
         hidden = summary[2] if summary is not None else None
         if data is None and summary is not None:
             row.scheduled, row.has_messages = summary[0], summary[1]
+            row.checkpoint["ts"] = _ts_text(created)
             row.metadata = _row_metadata(metadata, hidden, raw[9:13])
             return row
         serde = serde or self.serde
@@ -499,7 +500,7 @@ class PostgresSaver(BaseSaver):
         row.blob_channels = list(checkpoint.pop(BLOBS_KEY, None) or [])
         hidden = checkpoint.pop(HIDDEN_KEY, None) or hidden
         if checkpoint.pop(TS_IN_ROW_KEY, None) is not None:
-            checkpoint["ts"] = row.checkpoint["ts"]
+            checkpoint["ts"] = _ts_text(created)
         row.checkpoint = {"id": cid, **checkpoint}
         row.metadata = _row_metadata(metadata, hidden, raw[9:13])
         return row
