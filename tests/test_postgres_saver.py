@@ -589,6 +589,30 @@ def test_the_timeline_summary_reads_like_the_whole_checkpoint(saver, pg_url):
     assert [s.created_at for s in light] == [s.created_at for s in full]
 
 
+def test_a_long_timeline_reads_like_the_whole_history(saver):
+    # Past 64 checkpoints the timeline reads writes by id range, and past
+    # five reads psycopg prepares the query: both must read the same.
+    run_loop(saver, "loop", 40)
+    agent, _ = build(saver)
+    for _ in range(16):
+        ask(agent, "t", "Refund $40")
+    ask(agent, "t", "Refund $250")
+    for thread in ("loop", "t"):
+        full = saver.get_state_history(thread)
+        assert len(full) > 64
+        for _ in range(7):
+            light = saver.get_state_history(thread, values=False)
+            assert [s.next for s in light] == [s.next for s in full]
+            assert [s.tasks for s in light] == [s.tasks for s in full]
+            assert [s.interrupts for s in light] == [s.interrupts for s in full]
+            assert [s.pending_tool_calls for s in light] == [
+                s.pending_tool_calls for s in full
+            ]
+            assert [s.metadata for s in light] == [s.metadata for s in full]
+    assert full[0].next == ("transfer_funds",)
+    assert sum(bool(s.pending_tool_calls) for s in full) > 12
+
+
 def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(pg_url):
     # A session time zone far from UTC: far-off years must still read back.
     saver = PostgresSaver(f"{pg_url}?options=-c%20TimeZone%3DAsia/Tokyo")

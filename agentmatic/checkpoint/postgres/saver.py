@@ -2356,27 +2356,32 @@ class PostgresSaver(BaseSaver):
                     list(ids),
                 ),
             )
-        return conn.execute(
-            "WITH p AS (SELECT %s::text[] AS parents) "
-            "SELECT checkpoint_id, task_id, channel, "
+        # The parents are a hashed set: matching each row against an array
+        # costs rows x parents comparisons. Never prepared: a generic plan
+        # cannot hash a parameter's array.
+        return conn.cursor(binary=True).execute(
+            "SELECT w.checkpoint_id, task_id, channel, "
             "CASE WHEN channel = ANY(%s::text[]) "
-            "OR (channel = %s AND checkpoint_id = ANY(p.parents)) THEN type END, "
-            "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
-            "AND checkpoint_id = ANY(p.parents)) THEN blob END, "
-            "task_path, idx, CASE WHEN checkpoint_id = ANY(p.parents) THEN extra END "
-            "FROM agentmatic_writes, p WHERE thread_id = %s "
-            "AND checkpoint_ns = %s AND checkpoint_id >= %s AND checkpoint_id <= %s",
+            "OR (channel = %s AND p.id IS NOT NULL) THEN type END, "
+            "CASE WHEN channel = ANY(%s::text[]) "
+            "OR (channel = %s AND p.id IS NOT NULL) THEN blob END, "
+            "task_path, idx, CASE WHEN p.id IS NOT NULL THEN extra END "
+            "FROM agentmatic_writes w "
+            "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = w.checkpoint_id "
+            "WHERE thread_id = %s AND checkpoint_ns = %s "
+            "AND w.checkpoint_id >= %s AND w.checkpoint_id <= %s",
             (
+                list(TIMELINE_CHANNELS),
+                MESSAGES,
+                list(TIMELINE_CHANNELS),
+                MESSAGES,
                 sorted(parents),
-                list(TIMELINE_CHANNELS),
-                MESSAGES,
-                list(TIMELINE_CHANNELS),
-                MESSAGES,
                 thread_id,
                 ns,
                 ids[0],
                 ids[-1],
             ),
+            prepare=False,
         )
 
     def _light_writes(
