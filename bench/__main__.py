@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run())
     header = (
         f"{'workload':<22} {'steps':>6} {'steps/s':>9} {'101-200 ms':>11} "
-        f"{'901-1000 ms':>12} {'late/early':>10} {'history s':>10} {'meta s':>8}"
+        f"{'901-1000 ms':>12} {'late/early':>10} {'history s':>10} {'meta ms':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r.name:<22} {r.steps:>6} {fmt(r.steps_per_s):>9} {fmt(r.early_ms):>11} "
             f"{fmt(r.late_ms):>12} {fmt(r.ratio):>10} {fmt(r.history_s):>10} "
-            f"{fmt(r.meta_history_s):>8}"
+            f"{fmt(None if r.meta_history_s is None else r.meta_history_s * 1000):>8}"
         )
     notes = [r for r in rows if r.note]
     if notes:

@@ -475,7 +475,7 @@ def test_prune_and_delete_for_runs_keep_what_remains_readable(saver):
 
 
 def test_the_timeline_of_a_thousand_checkpoints_shows_every_waiting_call(saver):
-    # Its speed is measured by `python -m bench` (the "meta s" column).
+    # Its speed is measured by `python -m bench` (the "meta ms" column).
     run_loop(saver, "t", 500)
     timeline = saver.get_state_history("t", values=False)
     assert len(timeline) == len(saver.get_state_history("t")) > 1000

@@ -1809,6 +1809,8 @@ class PostgresSaver(BaseSaver):
                 [r[2] for r in ranges],
                 [r[3] for r in ranges],
             ),
+            # A generic plan cannot hash the kept ids: never prepared.
+            prepare=False,
         )
         conn.execute(
             "DELETE FROM agentmatic_chunks c WHERE c.thread_id = %s "
