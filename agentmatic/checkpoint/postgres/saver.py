@@ -136,7 +136,9 @@ LIGHT_ROW = (
     "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
     "CASE WHEN light IS NULL THEN type END AS type, "
     "CASE WHEN light IS NULL THEN checkpoint END AS checkpoint, "
-    "metadata, created_at, step, source, actor, run_id, light"
+    # As text: quicker to parse here than through psycopg's loaders.
+    "metadata::text AS metadata, created_at, step, source, actor, "
+    "run_id::text AS run_id, light"
 )
 # Bookkeeping metadata kept inside the (compressed) checkpoint rather than in
 # the jsonb column; it cannot be filtered on.
@@ -2481,7 +2483,11 @@ def _ts_text(created: datetime | None) -> str | None:
 
 def _row_metadata(stored: Any, hidden: Any, columns: Sequence[Any]) -> dict[str, Any]:
     """Return a checkpoint's metadata: the jsonb, the hidden part, the columns."""
-    metadata = dict(stored) if isinstance(stored, dict) else {}
+    if isinstance(stored, str):
+        parsed = json.loads(stored)
+        metadata = parsed if isinstance(parsed, dict) else {}
+    else:
+        metadata = dict(stored) if isinstance(stored, dict) else {}
     if isinstance(hidden, dict):
         metadata.update(hidden)
     for key, value in zip(COLUMN_KEYS, columns, strict=False):
