@@ -10,10 +10,13 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
+from agentmatic import Agent, HumanMessage
 from agentmatic.checkpoint.base import INTERRUPT, thread_config
 from agentmatic.checkpoint.s3 import S3Saver
 from agentmatic.errors import SerializationError, ThreadConflict
+from agentmatic.llms import LoopModel
 from tests.s3server import BUCKET
+from tests.test_postgres_saver import noop
 from tests.test_runtime import ask, build, cfg
 
 
@@ -202,3 +205,39 @@ def test_checkpoints_written_out_of_order_list_in_order(s3_saver):
     assert [t.checkpoint["id"] for t in before] == ["05", "04", "03"]
     light = s3_saver.get_state_history("t", values=False, before="04")
     assert [s.checkpoint_id for s in light] == ["03", "02", "01"]
+
+
+def test_a_resume_fetches_the_checkpoints_since_the_snapshot_at_once(
+    s3_saver, s3_prefix
+):
+    # 131 checkpoints: the message log's last snapshot is about 30 back.
+    model = LoopModel("noop", steps=65, payload_bytes=40)
+    agent = Agent.builder("loop").llm(model).tools([noop]).checkpoint(s3_saver).build()
+    config = {"configurable": {"thread_id": "t"}, "recursion_limit": 1000}
+    agent.invoke({"messages": [HumanMessage("go")]}, config)
+    history = s3_saver.get_state_history("t")
+    old = history[100].checkpoint_id
+    agent.update_state(thread_config("t", old), {"messages": [HumanMessage("fork")]})
+    expected = {
+        s.checkpoint_id: [m.id for m in s.values.get("messages", [])]
+        for s in s3_saver.get_state_history("t")
+    }
+    fresh = S3Saver(bucket=BUCKET, prefix=s3_prefix, page_size=8)
+    one_by_one: list[Any] = []
+    read = fresh.get_tuple
+
+    def get_tuple(config: Any) -> Any:
+        one_by_one.append(config)
+        return read(config)
+
+    fresh.get_tuple = get_tuple  # type: ignore[method-assign]
+    for state in (history[0], history[40], history[129]):
+        got = fresh.get_state("t", state.checkpoint_id)
+        ids = [m.id for m in got.values.get("messages", [])]
+        assert ids == expected[state.checkpoint_id]
+    head = fresh.get_state("t")
+    assert head.values["messages"][-1].content == "fork"
+    assert [m.id for m in head.values["messages"]] == expected[head.checkpoint_id]
+    # One read per state asked for; the checkpoints behind each came by index.
+    assert len(one_by_one) == 4
+    fresh.close()

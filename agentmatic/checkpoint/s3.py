@@ -70,10 +70,12 @@ from agentmatic.checkpoint.light import (
 )
 from agentmatic.checkpoint.memory import _merge_metadata, config_parts_loose
 from agentmatic.checkpoint.reading import (
+    ValueResolver,
     decode_cursor,
     encode_cursor,
     is_state_channel,
 )
+from agentmatic.checkpoint.serde import DeltaSnapshot
 from agentmatic.errors import (
     CorruptCheckpoint,
     DisallowedType,
@@ -92,6 +94,9 @@ _Manifest = dict[str, Any]
 
 
 _worker = threading.local()
+# The most checkpoints `channel_value_at` fetches at once; a longer stretch
+# is walked one parent at a time (snapshots come every 100 updates).
+MAX_STRETCH = 1000
 
 
 def _mark_worker() -> None:
@@ -528,16 +533,77 @@ class S3Saver(BaseSaver):
         return self._read_tuple(thread_id, ns, checkpoint_id)
 
     def _read_tuple(self, thread_id: str, ns: str, cid: str) -> CheckpointTuple | None:
-        # One GET, one LIST and a GET per write. Rebuilding the message log
-        # of a loop checkpoint walks back to the last snapshot one parent at
-        # a time (the runtime's resolver asks for each); fetching that stretch
-        # in parallel from the index's parent links would cut a resume to a
-        # few round trips.
+        # One GET, one LIST and a GET per write. The message log of a loop
+        # checkpoint is rebuilt by `channel_value_at`.
         found = self._get(self._cp_key(thread_id, ns, cid))
         if found is None:
             return None
         writes = self._read_writes(thread_id, ns, cid)
         return self._decode_tuple(thread_id, ns, cid, found[0], writes)
+
+    def channel_value_at(self, tup: CheckpointTuple, channel: str) -> Any:
+        """Return a delta channel's value at a checkpoint, or None.
+
+        The index links every checkpoint to its parent and says which ones
+        store their values, so the stretch back to the nearest of those is
+        known before any checkpoint is read. It is fetched in parallel: a
+        resume costs a few round trips instead of one per checkpoint since
+        the last snapshot. None (the caller then walks one parent at a
+        time) when the stretch is not in the index as expected.
+        """
+        if getattr(_worker, "rebuilding", False):
+            return None
+        conf = tup.config["configurable"]
+        thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns") or "")
+        stretch = self._stretch_to_snapshot(thread_id, ns, tup)
+        if stretch is None:
+            return None
+        tuples = self._parallel(
+            self._fetch_one, [(thread_id, ns, entry) for entry in stretch]
+        )
+        if any(t is None for t in tuples):
+            return None
+        resolver = ValueResolver(self, thread_id, ns)
+        resolver.add([tup, *tuples])
+        _worker.rebuilding = True
+        try:
+            value = resolver.channel_value(tup, channel)
+        finally:
+            _worker.rebuilding = False
+        if isinstance(value, DeltaSnapshot):
+            return value
+        return DeltaSnapshot(value) if isinstance(value, list) else None
+
+    def _stretch_to_snapshot(
+        self, thread_id: str, ns: str, tup: CheckpointTuple
+    ) -> builtins.list[_Entry] | None:
+        """Return the entries from `tup`'s parent back to stored values, or None.
+
+        Newest first. None when a link is missing from the index or a parent's
+        id does not sort before its child's (the walk reads ids downwards).
+        """
+        cid = str(tup.checkpoint["id"])
+        want = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        if want is None:
+            return None
+        _etag, manifest = self._load(thread_id, ns)
+        if manifest is None:
+            return None
+        stretch: builtins.list[_Entry] = []
+        newer = cid
+        for entry in self._entries_desc(manifest, cid, eager=False):
+            if want >= newer or len(stretch) >= MAX_STRETCH:
+                return None
+            if entry["id"] > want:
+                continue
+            if entry["id"] < want:
+                return None
+            stretch.append(entry)
+            parent = entry.get("parent")
+            if not entry.get("needs", True) or parent is None:
+                return stretch
+            newer, want = want, str(parent)
+        return None
 
     def _read_writes(self, thread_id: str, ns: str, cid: str) -> builtins.list[Any]:
         keys = list(self._list(self._writes_prefix(thread_id, ns, cid)))
