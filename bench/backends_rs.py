@@ -1,7 +1,10 @@
 """The 1,000-superstep workload on Redis and S3: `python -m bench.backends_rs`.
 
 Prints the same columns as `python -m bench`, plus what one history and
-one page of threads cost in requests: Redis commands, S3 requests.
+one page of threads cost in requests: Redis commands, S3 requests. For S3
+it also times a cold resume (the newest state with its values, read by a
+fresh saver); `--latency-ms N` adds N ms to each of its requests, as a
+remote store would.
 
 Redis: ``--redis URL`` (default ``redis://127.0.0.1:6379/0``; the run uses
 its own key prefix and removes it). S3: the endpoint in ``AWS_ENDPOINT_URL``
@@ -49,7 +52,7 @@ def redis_run(url: str, steps: int) -> tuple[Result, str]:
             saver.client.delete(*keys[start : start + 500])
 
 
-def s3_run(bucket: str, steps: int) -> tuple[Result, str]:
+def s3_run(bucket: str, steps: int, latency_ms: float = 0) -> tuple[Result, str]:
     from agentmatic.checkpoint.s3 import S3Saver
 
     server = None
@@ -82,9 +85,26 @@ def s3_run(bucket: str, steps: int) -> tuple[Result, str]:
         reader.list_threads()
         listing = sum(counts.values())
         reader.close()
+        # A resume: the newest state with its values, read by a fresh process.
+        resumer = S3Saver(bucket=bucket, prefix=saver.prefix)
+        resumer.client.meta.events.register(
+            "before-call.s3.*",
+            lambda event_name, **_: counts.update([event_name.rsplit(".", 1)[-1]]),
+        )
+        if latency_ms:
+            resumer.client.meta.events.register(
+                "before-send.s3.*", lambda **_: time.sleep(latency_ms / 1000)
+            )
+        counts.clear()
+        started = time.perf_counter()
+        resumer.get_state("bench-s3")
+        resume = time.perf_counter() - started
+        resumer.close()
         note = (
             f"cold meta history {history} requests in {cold * 1000:.0f} ms, "
-            f"list_threads {listing} requests"
+            f"list_threads {listing} requests, cold resume "
+            f"{sum(counts.values())} requests in {resume * 1000:.0f} ms"
+            + (f" (+{latency_ms:g} ms a request)" if latency_ms else "")
         )
         return result, note
     finally:
@@ -100,13 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="redis,s3")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--bucket", default="agents")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="added to every request of the S3 resume, as a remote store would",
+    )
     args = parser.parse_args(argv)
     wanted = set(args.only.split(","))
     rows = []
     if "redis" in wanted:
         rows.append(redis_run(args.redis, args.steps))
     if "s3" in wanted:
-        rows.append(s3_run(args.bucket, args.steps))
+        rows.append(s3_run(args.bucket, args.steps, args.latency_ms))
     for r, note in rows:
         print(
             f"{r.name:<18} steps {r.steps:>5}  {fmt(r.steps_per_s)} steps/s  "
