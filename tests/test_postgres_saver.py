@@ -613,6 +613,24 @@ def test_a_long_timeline_reads_like_the_whole_history(saver):
     assert sum(bool(s.pending_tool_calls) for s in full) > 12
 
 
+def test_metadata_reads_the_same_on_every_path_in_any_client_encoding(pg_url):
+    saver = PostgresSaver(f"{pg_url}?client_encoding=LATIN1")
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $40")
+    sql(
+        pg_url,
+        "UPDATE agentmatic_checkpoints SET metadata = metadata || %s",
+        ('{"note": "café ñ", "ratio": 0.1}',),
+    )
+    full = saver.get_state_history("t")
+    light = saver.get_state_history("t", values=False)
+    assert [s.metadata for s in light] == [s.metadata for s in full]
+    assert full[0].metadata["note"] == "café ñ"
+    assert saver.get_state("t", values=False).metadata == full[0].metadata
+    assert saver.list_threads().threads[0].step == full[0].step
+    saver.close()
+
+
 def test_a_checkpoint_keeps_a_ts_its_created_at_cannot_hold(pg_url):
     # A session time zone far from UTC: far-off years must still read back.
     saver = PostgresSaver(f"{pg_url}?options=-c%20TimeZone%3DAsia/Tokyo")

@@ -127,16 +127,19 @@ _NOT_METADATA = frozenset(
     }
 )
 
+# Metadata comes as text, parsed by `_row_metadata` with the json module:
+# quicker than psycopg's jsonb loader, and the same whatever loader or client
+# encoding the connection has. The run id comes as text too.
 ROW = (
     "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
-    "type, checkpoint, metadata, created_at, step, source, actor, run_id, light"
+    "type, checkpoint, metadata::text AS metadata, created_at, step, source, "
+    "actor, run_id::text AS run_id, light"
 )
 # A row as a timeline reads it: a checkpoint with a `light` summary is not sent.
 LIGHT_ROW = (
     "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
     "CASE WHEN light IS NULL THEN type END AS type, "
     "CASE WHEN light IS NULL THEN checkpoint END AS checkpoint, "
-    # As text: quicker to parse here than through psycopg's loaders.
     "metadata::text AS metadata, created_at, step, source, actor, "
     "run_id::text AS run_id, light"
 )
@@ -2484,10 +2487,8 @@ def _ts_text(created: datetime | None) -> str | None:
 def _row_metadata(stored: Any, hidden: Any, columns: Sequence[Any]) -> dict[str, Any]:
     """Return a checkpoint's metadata: the jsonb, the hidden part, the columns."""
     if isinstance(stored, str):
-        parsed = json.loads(stored)
-        metadata = parsed if isinstance(parsed, dict) else {}
-    else:
-        metadata = dict(stored) if isinstance(stored, dict) else {}
+        stored = json.loads(stored)
+    metadata = dict(stored) if isinstance(stored, dict) else {}
     if isinstance(hidden, dict):
         metadata.update(hidden)
     for key, value in zip(COLUMN_KEYS, columns, strict=False):
