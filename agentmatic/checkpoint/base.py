@@ -83,15 +83,53 @@ def config_parts(config: Config) -> tuple[str, str, str | None]:
     thread_id = conf.get("thread_id")
     if thread_id is None or thread_id == "":
         raise InvalidThreadId("config needs configurable.thread_id")
+    return (
+        check_thread_id(thread_id),
+        str(conf.get("checkpoint_ns") or ""),
+        check_checkpoint_id(conf.get("checkpoint_id")),
+    )
+
+
+def check_thread_id(thread_id: Any) -> str:
+    """Return a reader's thread id as text, refusing one that names no thread."""
+    if (
+        thread_id is None
+        or thread_id == ""
+        or isinstance(thread_id, (bool, bytes, bytearray, list, tuple, dict, set))
+    ):
+        raise InvalidThreadId(f"a thread id must be non-empty text, not {thread_id!r}")
     try:
         str(thread_id).encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidThreadId(f"thread id {thread_id!r} is not valid text") from None
-    return (
-        str(thread_id),
-        str(conf.get("checkpoint_ns") or ""),
-        conf.get("checkpoint_id"),
-    )
+    return str(thread_id)
+
+
+def check_checkpoint_id(value: Any, what: str = "checkpoint id") -> str | None:
+    """Return a checkpoint id given to a reader (None for none), refusing non-text."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{what} must be text, not {value!r}")
+    return value
+
+
+def check_history_args(
+    thread_id: Any, limit: Any, before: Any
+) -> tuple[str, str | None]:
+    """Check a history read's arguments; return its thread id and `before`."""
+    check_limit(limit)
+    return check_thread_id(thread_id), check_checkpoint_id(before, "before")
+
+
+def check_state_args(thread_id: Any, checkpoint_id: Any) -> tuple[str, str | None]:
+    """Check a state read's arguments; return them as text."""
+    return check_thread_id(thread_id), check_checkpoint_id(checkpoint_id)
+
+
+def check_page_size(limit: Any) -> int:
+    """Return the size of a page of threads, refusing anything but a count >= 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a whole number of at least 1, not {limit!r}")
+    return limit
 
 
 def check_filter_keys(filter: dict[str, Any] | None) -> dict[str, Any]:
@@ -371,7 +409,7 @@ class BaseSaver(ABC):
         """Return the thread's states newest first, read without its agent."""
         from agentmatic.checkpoint.reading import history
 
-        check_limit(limit)
+        thread_id, before = check_history_args(thread_id, limit, before)
         return history(
             self,
             thread_id,
@@ -385,6 +423,7 @@ class BaseSaver(ABC):
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
     ) -> State | None:
         """Return the newest (or the named) state of a thread, or None."""
+        thread_id, checkpoint_id = check_state_args(thread_id, checkpoint_id)
         from agentmatic.checkpoint.reading import read_state
 
         return read_state(self, thread_id, checkpoint_id, values=values)
@@ -393,6 +432,7 @@ class BaseSaver(ABC):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, `limit` at a time."""
+        check_page_size(limit)
         from agentmatic.checkpoint.reading import list_threads_by_scan
 
         return list_threads_by_scan(self, agent=agent, limit=limit, cursor=cursor)

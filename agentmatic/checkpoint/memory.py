@@ -17,6 +17,7 @@ from agentmatic.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseSaver,
     CheckpointTuple,
+    check_checkpoint_id,
     check_filter_keys,
     config_parts,
     metadata_matches,
@@ -349,7 +350,7 @@ def config_parts_loose(config: dict[str, Any]) -> tuple[str | None, str | None, 
     return (
         str(tid) if tid is not None else None,
         str(ns) if ns is not None else None,
-        conf.get("checkpoint_id"),
+        check_checkpoint_id(conf.get("checkpoint_id")),
     )
 
 

@@ -57,7 +57,9 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
-    check_limit,
+    check_history_args,
+    check_page_size,
+    check_state_args,
     config_parts,
     metadata_matches,
     thread_config,
@@ -1014,7 +1016,7 @@ class RedisSaver(BaseSaver):
         With ``values=False`` only the summaries kept beside each checkpoint
         are read, a page of 128 per command: no checkpoint, no message.
         """
-        check_limit(limit)
+        thread_id, before = check_history_args(thread_id, limit, before)
         if values:
             return super().get_state_history(
                 thread_id,
@@ -1042,6 +1044,7 @@ class RedisSaver(BaseSaver):
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
     ) -> State | None:
         """Return the newest (or the named) state of a thread, or None."""
+        thread_id, checkpoint_id = check_state_args(thread_id, checkpoint_id)
         if values:
             return super().get_state(thread_id, checkpoint_id, values=True)
         rows = self._light_script(
@@ -1102,6 +1105,7 @@ class RedisSaver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity from the index, `limit` at a time."""
+        check_page_size(limit)
         key = f"{self.prefix}:threads" if agent is None else f"{self.prefix}:agent:"
         if agent is not None:
             key += agent

@@ -55,7 +55,9 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
-    check_limit,
+    check_history_args,
+    check_page_size,
+    check_state_args,
     config_parts,
     metadata_matches,
     thread_config,
@@ -1364,7 +1366,7 @@ class S3Saver(BaseSaver):
         With ``values=False`` only the namespace's index is read (one request
         per page of entries plus one): no checkpoint or write object.
         """
-        check_limit(limit)
+        thread_id, before = check_history_args(thread_id, limit, before)
         if values:
             return super().get_state_history(
                 thread_id,
@@ -1388,6 +1390,7 @@ class S3Saver(BaseSaver):
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
     ) -> State | None:
         """Return the newest (or the named) state of a thread, or None."""
+        thread_id, checkpoint_id = check_state_args(thread_id, checkpoint_id)
         if values:
             return super().get_state(thread_id, checkpoint_id, values=True)
         _etag, manifest = self._load(thread_id, "")
@@ -1405,6 +1408,7 @@ class S3Saver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, from one listing plus their indexes."""
+        check_page_size(limit)
         where = f"{self.prefix}updated/"
         if agent is not None:
             where = f"{self.prefix}agents/{_seg(agent)}/"

@@ -57,8 +57,11 @@ from agentmatic.checkpoint.base import (
     BaseSaver,
     CheckpointTuple,
     PendingWrite,
+    check_checkpoint_id,
     check_filter_keys,
-    check_limit,
+    check_history_args,
+    check_page_size,
+    check_state_args,
     config_parts,
     thread_config,
 )
@@ -591,7 +594,7 @@ class SQLiteSaver(BaseSaver):
             if conf.get("checkpoint_ns") is not None:
                 where.append("c.checkpoint_ns = ?")
                 params.append(str(conf["checkpoint_ns"]))
-            if conf.get("checkpoint_id"):
+            if check_checkpoint_id(conf.get("checkpoint_id")):
                 where.append("c.checkpoint_id = ?")
                 params.append(str(conf["checkpoint_id"]))
         before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id")
@@ -1051,8 +1054,7 @@ class SQLiteSaver(BaseSaver):
         With ``values=False`` only the index and the interrupt, decision and
         error writes are read; no checkpoint or message is decoded.
         """
-        check_limit(limit)
-        thread_id = str(thread_id)
+        thread_id, before = check_history_args(thread_id, limit, before)
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
         self._catch_up_thread(thread_id, checkpoint_ns)
@@ -1079,7 +1081,7 @@ class SQLiteSaver(BaseSaver):
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
     ) -> State | None:
         """Return the newest (or the named) state of a thread, or None."""
-        thread_id = str(thread_id)
+        thread_id, checkpoint_id = check_state_args(thread_id, checkpoint_id)
         if not values:
             self._catch_up_thread(thread_id, "")
             cid = checkpoint_id or self.head_id(thread_id)
@@ -1098,6 +1100,7 @@ class SQLiteSaver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, `limit` at a time."""
+        check_page_size(limit)
         self._catch_up()
         s = self._s
         where = [

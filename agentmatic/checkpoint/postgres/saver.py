@@ -60,7 +60,9 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     PendingWrite,
     check_filter_keys,
-    check_limit,
+    check_history_args,
+    check_page_size,
+    check_state_args,
     config_parts,
     thread_config,
 )
@@ -2092,8 +2094,7 @@ class PostgresSaver(BaseSaver):
         With ``values=False`` only checkpoint rows and the writes a timeline
         needs are decoded: no channel value is read.
         """
-        check_limit(limit)
-        thread_id = str(thread_id)
+        thread_id, before = check_history_args(thread_id, limit, before)
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
         config = thread_config(thread_id, checkpoint_ns=checkpoint_ns)
@@ -2108,7 +2109,7 @@ class PostgresSaver(BaseSaver):
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
     ) -> State | None:
         """Return the newest (or the named) state of a thread, or None."""
-        thread_id = str(thread_id)
+        thread_id, checkpoint_id = check_state_args(thread_id, checkpoint_id)
         if not values:
             found = self._light_states(thread_id, "", checkpoint_id)
             return found[0] if found else None
@@ -2123,6 +2124,7 @@ class PostgresSaver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, `limit` at a time (keyset paging)."""
+        check_page_size(limit)
         where = ["t.checkpoint_ns = ''", "t.checkpoints > 0"]
         params: builtins.list[Any] = []
         if agent is not None:

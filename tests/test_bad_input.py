@@ -1,0 +1,66 @@
+"""Malformed arguments to the readers get a clear error on every saver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agentmatic.checkpoint.base import thread_config
+from agentmatic.errors import InvalidThreadId
+from tests.test_chain import Backend
+from tests.test_runtime import ask, build
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis", "s3"])
+def saver(request: pytest.FixtureRequest) -> Any:
+    if request.param == "postgres":
+        from agentmatic.checkpoint.postgres import PostgresSaver
+
+        made = PostgresSaver(request.getfixturevalue("pg_url"))
+        yield made
+        made.close()
+        return
+    backend = Backend(request.param, request)
+    yield backend.saver()
+    for made in backend.made:
+        made.close()
+
+
+@pytest.mark.parametrize("thread_id", [None, "", ["t"], b"t"])
+def test_a_reader_refuses_a_thread_id_that_names_no_thread(saver, thread_id):
+    agent, _ = build(saver=saver)
+    ask(agent, "t", "Refund $40")
+    for values in (True, False):
+        with pytest.raises(InvalidThreadId):
+            saver.get_state_history(thread_id, values=values)
+        with pytest.raises(InvalidThreadId):
+            saver.get_state(thread_id, values=values)
+
+
+@pytest.mark.parametrize("checkpoint_id", [5, ["x"], {"id": "x"}])
+def test_a_checkpoint_id_that_is_not_text_is_refused_by_name(saver, checkpoint_id):
+    agent, _ = build(saver=saver)
+    ask(agent, "t", "Refund $40")
+    config = thread_config("t", checkpoint_id)
+    with pytest.raises(ValueError, match="checkpoint id must be text"):
+        saver.get_tuple(config)
+    with pytest.raises(ValueError, match="checkpoint id must be text"):
+        saver.put_writes(config, [("x", 1)], "task")
+    with pytest.raises(ValueError, match="checkpoint id must be text"):
+        list(saver.list(config))
+    for values in (True, False):
+        with pytest.raises(ValueError, match="checkpoint id must be text"):
+            saver.get_state("t", checkpoint_id, values=values)
+        with pytest.raises(ValueError, match="before must be text"):
+            saver.get_state_history("t", before=checkpoint_id, values=values)
+    assert len(saver.get_state_history("t")) > 1
+
+
+@pytest.mark.parametrize("limit", [0, -1, 2.5, "10", True])
+def test_a_page_of_threads_needs_a_size_of_at_least_one(saver, limit):
+    agent, _ = build(saver=saver)
+    ask(agent, "t", "Refund $40")
+    with pytest.raises(ValueError, match="limit must be a whole number"):
+        saver.list_threads(limit=limit)
+    assert [t.thread_id for t in saver.list_threads(limit=1).threads] == ["t"]
