@@ -409,3 +409,46 @@ def test_odd_thread_ids_round_trip(make):
         assert saver.get_tuple(config).checkpoint["channel_values"]["k"] == tid
         assert tid in set(saver.thread_ids())
         assert saver.list_threads(limit=100).threads
+
+
+def test_retention_leaves_an_unreadable_thread_whole_and_compacts_the_rest(make):
+    import ormsgpack
+
+    saver = make()
+    agent, _ = build(saver)
+    for thread in ("good", "bad"):
+        ask(agent, thread, "Refund $40")
+        ask(agent, thread, "Refund $50")
+    bad = saver.get_state_history("bad")
+    good = len(saver.get_state_history("good"))
+    head = bad[0].checkpoint_id
+    md, field = f"{saver.prefix}:t:bad:md", f"\x1f{head}"
+    key = None if make.kind == "redis" else saver._manifest_key("bad", "")
+
+    def damage(broken: bool) -> None:
+        if make.kind == "redis":
+            saver.client.hset(md, field, b"\xc1" if broken else original)
+            return
+        body = original
+        if broken:
+            manifest = ormsgpack.unpackb(original)
+            entry = next(e for e in manifest["entries"] if e["id"] == head)
+            entry["meta"] = ["msgpack", b"\xc1"]
+            body = ormsgpack.packb(manifest)
+        saver.client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        saver._manifests.clear()
+
+    original = (
+        saver.client.hget(md, field)
+        if key is None
+        else saver.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    )
+    damage(True)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    report = compact_sync(saver, retention_days=1, now=later)
+    assert report.threads_unreadable == 1
+    assert report.deleted == good - len(saver.get_state_history("good")) > 0
+    damage(False)
+    assert [s.checkpoint_id for s in saver.get_state_history("bad")] == [
+        s.checkpoint_id for s in bad
+    ]

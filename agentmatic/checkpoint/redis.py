@@ -1169,10 +1169,11 @@ class RedisSaver(BaseSaver):
         )
         return thread_info_from_tuple(head_tuple, first_meta, head.next, int(count))
 
-    def retention_rows(self) -> Iterator[tuple[Any, ...]]:
+    def retention_rows(self, thread_id: str | None = None) -> Iterator[tuple[Any, ...]]:
         """Yield ``(thread_id, ns, checkpoint_id, parent_id, ts, needs_parent,
-        metadata)`` per checkpoint, without decoding any checkpoint."""
-        for thread_id in list(self.thread_ids()):
+        metadata)`` per checkpoint (of one thread, if given), decoding none."""
+        threads = list(self.thread_ids()) if thread_id is None else [thread_id]
+        for thread_id in threads:
             pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(self._key(thread_id, "info"))
             pipe.hgetall(self._key(thread_id, "md"))

@@ -13,7 +13,8 @@ days, except:
 
 It works on any saver through `thread_ids`, `list` and `delete_checkpoints`.
 A saver that can list what retention needs more cheaply (without decoding
-values) provides `retention_rows()`, yielding `RetentionRow`-shaped tuples.
+values) provides `retention_rows(thread_id=None)`, yielding `RetentionRow`-shaped
+tuples of every thread, or of the one given.
 """
 
 from __future__ import annotations
@@ -236,12 +237,19 @@ def _rows(saver: BaseSaver) -> tuple[list[RetentionRow], set[str]]:
     """Return every checkpoint's row, and the threads that could not be read."""
     hook = getattr(saver, "retention_rows", None)
     if callable(hook):
-        return [RetentionRow(*row) for row in hook()], set()
+        try:
+            return [RetentionRow(*row) for row in hook()], set()
+        except SerializationError:
+            pass  # some thread cannot be read: go thread by thread
     rows: list[RetentionRow] = []
     unreadable: set[str] = set()
     for thread_id in list(saver.thread_ids()):
         try:
-            rows.extend(_scan_thread(saver, thread_id))
+            rows.extend(
+                [RetentionRow(*row) for row in hook(thread_id)]
+                if callable(hook)
+                else list(_scan_thread(saver, thread_id))
+            )
         except SerializationError as exc:
             # Never delete what we cannot read: the thread is left whole.
             log.warning("retention skips thread %s: %s", thread_id, exc)

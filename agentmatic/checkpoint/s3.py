@@ -1467,10 +1467,11 @@ class S3Saver(BaseSaver):
             head_tuple, first_meta, head.next, int(manifest["count"])
         )
 
-    def retention_rows(self) -> Iterator[tuple[Any, ...]]:
+    def retention_rows(self, thread_id: str | None = None) -> Iterator[tuple[Any, ...]]:
         """Yield ``(thread_id, ns, checkpoint_id, parent_id, ts, needs_parent,
-        metadata)`` for every checkpoint, from the indexes alone."""
-        for thread_id in list(self.thread_ids()):
+        metadata)`` per checkpoint (of one thread, if given), from the indexes."""
+        threads = list(self.thread_ids()) if thread_id is None else [thread_id]
+        for thread_id in threads:
             for ns in self._namespaces(thread_id):
                 _etag, manifest = self._load(thread_id, ns)
                 if manifest is None:

@@ -2058,10 +2058,10 @@ class PostgresSaver(BaseSaver):
         for (thread_id,) in rows:
             yield thread_id
 
-    def retention_rows(self) -> Iterator[tuple[Any, ...]]:
-        """Yield what retention needs of every checkpoint, decoding no value.
+    def retention_rows(self, thread_id: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """Yield what retention needs of each checkpoint, decoding no value.
 
-        No checkpoint needs its parent kept for its values: deleting through
+        Of every thread, or of `thread_id` only. No checkpoint needs its parent kept for its values: deleting through
         `delete_checkpoints` stores the values a remaining checkpoint needs.
         """
         with self._conn() as conn:
@@ -2069,7 +2069,9 @@ class PostgresSaver(BaseSaver):
                 "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, "
                 "c.parent_checkpoint_id, c.created_at, c.metadata, t.forked_from "
                 "FROM agentmatic_checkpoints c LEFT JOIN agentmatic_threads t "
-                "ON t.thread_id = c.thread_id AND t.checkpoint_ns = ''"
+                "ON t.thread_id = c.thread_id AND t.checkpoint_ns = '' "
+                "WHERE %s::text IS NULL OR c.thread_id = %s",
+                (thread_id, thread_id),
             ).fetchall()
         for tid, ns, cid, parent, created, meta, forked in rows:
             meta = dict(meta or {})
