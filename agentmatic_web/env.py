@@ -235,3 +235,16 @@ def read_or_create_secret(path: Path) -> str:
             "generated, or set DJANGO_SECRET_KEY."
         )
     return secret
+
+
+def parse_archive_url(url: str) -> tuple[str, str] | None:
+    """Return ``(bucket, prefix)`` of an ``AGENTMATIC_ARCHIVE`` URL; None if unset."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "s3" or not parts.netloc:
+        raise ImproperlyConfigured(
+            f"AGENTMATIC_ARCHIVE={url!r} is not an S3 archive; write "
+            "s3://bucket/prefix."
+        )
+    return parts.netloc, parts.path.strip("/")

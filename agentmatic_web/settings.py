@@ -15,6 +15,7 @@ from agentmatic_web.env import (
     env_int,
     env_list,
     env_str,
+    parse_archive_url,
     parse_checkpoint_url,
     parse_database_url,
     read_or_create_secret,
@@ -109,6 +110,11 @@ AGENTMATIC_CHECKPOINTS = env_str(
     "AGENTMATIC_CHECKPOINTS", "sqlite:///.data/checkpoints.sqlite"
 )
 AGENTMATIC_CHECKPOINT_STORE = parse_checkpoint_url(AGENTMATIC_CHECKPOINTS, BASE_DIR)
+
+# Where retention policies with "archive to S3" copy checkpoints before
+# deleting them: s3://bucket/prefix (credentials from boto3's usual
+# environment). Unset: such policies are not applied.
+AGENTMATIC_ARCHIVE = parse_archive_url(env_str("AGENTMATIC_ARCHIVE", ""))
 
 # Extra SQLite checkpoint files (LangGraph's or Agentmatic's) shown read-only.
 AGENTMATIC_READONLY_FILES = [

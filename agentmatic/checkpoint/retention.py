@@ -23,15 +23,18 @@ import asyncio
 import datetime as dt
 import importlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from agentmatic.checkpoint.base import BaseSaver
+from agentmatic.checkpoint.base import BaseSaver, thread_config
 from agentmatic.checkpoint.reading import is_state_channel
 from agentmatic.errors import SerializationError
 
 log = logging.getLogger(__name__)
+
+# Gets each thread's doomed checkpoints before they are deleted (`S3Archive`).
+Archive = Callable[[list[dict[str, Any]]], Any]
 
 
 class RetentionRow(NamedTuple):
@@ -81,11 +84,15 @@ async def compact(
     retention_days: int,
     now: dt.datetime | None = None,
     legal_holds: Iterable[str] = (),
+    archive: Archive | None = None,
 ) -> CompactReport:
     """Delete checkpoints older than `retention_days` that nothing needs.
 
     `saver_or_url` is a saver or a URL such as ``sqlite:///path/to/file``.
-    Safe to run again at any time; returns what was deleted and kept.
+    `archive` (an `S3Archive`, or any callable taking a list of rows) gets
+    each thread's doomed checkpoints, with their writes, before they are
+    deleted; if it raises, they are not. Safe to run again at any time;
+    returns what was deleted and kept.
     """
     return await asyncio.to_thread(
         compact_sync,
@@ -93,6 +100,7 @@ async def compact(
         retention_days=retention_days,
         now=now,
         legal_holds=legal_holds,
+        archive=archive,
     )
 
 
@@ -102,6 +110,7 @@ def compact_sync(
     retention_days: int,
     now: dt.datetime | None = None,
     legal_holds: Iterable[str] = (),
+    archive: Archive | None = None,
 ) -> CompactReport:
     """Synchronous twin of `compact`."""
     if retention_days < 0:
@@ -109,10 +118,28 @@ def compact_sync(
     if isinstance(saver_or_url, str):
         saver = open_saver(saver_or_url)
         try:
-            return _compact(saver, retention_days, now, legal_holds)
+            return _compact_with(saver, retention_days, now, legal_holds, archive)
         finally:
             saver.close()
-    return _compact(saver_or_url, retention_days, now, legal_holds)
+    return _compact_with(saver_or_url, retention_days, now, legal_holds, archive)
+
+
+def _compact_with(
+    saver: BaseSaver,
+    retention_days: int,
+    now: dt.datetime | None,
+    legal_holds: Iterable[str],
+    archive: Archive | None,
+) -> CompactReport:
+    if archive is None or not hasattr(saver, "archive"):
+        return _compact(saver, retention_days, now, legal_holds, archive)
+    # The Postgres saver hands its stored rows to the archive itself.
+    before = saver.archive
+    saver.archive = archive
+    try:
+        return _compact(saver, retention_days, now, legal_holds, None)
+    finally:
+        saver.archive = before
 
 
 def open_saver(url: str) -> BaseSaver:
@@ -156,6 +183,7 @@ def _compact(
     retention_days: int,
     now: dt.datetime | None,
     legal_holds: Iterable[str],
+    archive: Archive | None = None,
 ) -> CompactReport:
     now = now or dt.datetime.now(dt.UTC)
     if now.tzinfo is None:
@@ -207,6 +235,8 @@ def _compact(
         kept_total += len(keep)
         doomed = sorted(cid for cid in items if cid not in keep)
         if doomed:
+            if archive is not None:
+                archive(_archive_rows(saver, thread_id, ns, doomed))
             counts["deleted"] += saver.delete_checkpoints(thread_id, ns, doomed)
 
     report = CompactReport(
@@ -231,6 +261,45 @@ def _compact(
         report.threads_held,
     )
     return report
+
+
+def _archive_rows(
+    saver: BaseSaver, thread_id: str, ns: str, ids: list[str]
+) -> list[dict[str, Any]]:
+    """Return checkpoints as an archive gets them: stored, serialized, whole."""
+    rows: list[dict[str, Any]] = []
+    for cid in ids:
+        tup = saver.get_tuple(thread_config(thread_id, cid, ns))
+        if tup is None:
+            continue
+        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        checkpoint_type, checkpoint = saver.serde.dumps_typed(tup.checkpoint)
+        metadata_type, metadata = saver.serde.dumps_typed(dict(tup.metadata or {}))
+        writes = []
+        for task_id, channel, value in tup.pending_writes or []:
+            value_type, blob = saver.serde.dumps_typed(value)
+            writes.append(
+                {
+                    "task_id": task_id,
+                    "channel": channel,
+                    "type": value_type,
+                    "blob": blob,
+                }
+            )
+        rows.append(
+            {
+                "thread_id": thread_id,
+                "checkpoint_ns": ns,
+                "checkpoint_id": cid,
+                "parent_checkpoint_id": parent,
+                "type": checkpoint_type,
+                "checkpoint": checkpoint,
+                "metadata_type": metadata_type,
+                "metadata": metadata,
+                "writes": writes,
+            }
+        )
+    return rows
 
 
 def _rows(saver: BaseSaver) -> tuple[list[RetentionRow], set[str]]:

@@ -11,6 +11,7 @@ from agentmatic_web.env import (
     env_int,
     env_list,
     env_str,
+    parse_archive_url,
     parse_checkpoint_url,
     parse_database_url,
     read_or_create_secret,
@@ -166,3 +167,15 @@ def test_a_damaged_secret_file_is_refused(tmp_path):
 
     with pytest.raises(ImproperlyConfigured, match="DJANGO_SECRET_KEY"):
         read_or_create_secret(path)
+
+
+def test_the_archive_is_an_s3_url_or_unset():
+    assert parse_archive_url("") is None
+    assert parse_archive_url("s3://backups/agentmatic/old") == (
+        "backups",
+        "agentmatic/old",
+    )
+    assert parse_archive_url("s3://backups") == ("backups", "")
+    for wrong in ("backups/agentmatic", "file:///tmp/x", "s3:///no-bucket"):
+        with pytest.raises(ImproperlyConfigured, match="AGENTMATIC_ARCHIVE"):
+            parse_archive_url(wrong)

@@ -102,7 +102,27 @@ def test_a_policy_asking_for_an_archive_is_not_applied_without_one(threads):
     output = apply("--as-of", IN_TEN_DAYS)
 
     assert count(threads, "loop-1") == before
-    assert "cannot archive yet" in output
+    assert "AGENTMATIC_ARCHIVE (s3://bucket/prefix) is not set" in output
+
+
+def test_a_policy_asking_for_an_archive_copies_to_s3_before_deleting(
+    threads, settings, s3_server, s3_prefix
+):
+    from agentmatic.checkpoint.archive import S3Archive
+    from tests.s3server import BUCKET
+
+    settings.AGENTMATIC_ARCHIVE = (BUCKET, f"{s3_prefix}archive")
+    RetentionPolicy.objects.create(agent="", days_to_keep=1, archive_to_s3=True)
+    before = [s.checkpoint_id for s in threads.get_state_history("loop-1")]
+
+    output = apply("--as-of", IN_TEN_DAYS)
+
+    after = {s.checkpoint_id for s in threads.get_state_history("loop-1")}
+    gone = [cid for cid in before if cid not in after]
+    assert gone and "archived to S3Archive" in output
+    archive = S3Archive(BUCKET, f"{s3_prefix}archive", client=s3_server.client())
+    for cid in gone:
+        assert archive.read("loop-1", "", cid)["checkpoint_id"] == cid
 
 
 def test_without_policies_nothing_happens(threads):

@@ -2061,8 +2061,9 @@ class PostgresSaver(BaseSaver):
     def retention_rows(self, thread_id: str | None = None) -> Iterator[tuple[Any, ...]]:
         """Yield what retention needs of each checkpoint, decoding no value.
 
-        Of every thread, or of `thread_id` only. No checkpoint needs its parent kept for its values: deleting through
-        `delete_checkpoints` stores the values a remaining checkpoint needs.
+        Of every thread, or of `thread_id` only. No checkpoint needs its
+        parent kept for its values: deleting through `delete_checkpoints`
+        stores the values a remaining checkpoint needs.
         """
         with self._conn() as conn:
             rows = conn.execute(

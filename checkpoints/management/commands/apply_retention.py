@@ -8,6 +8,10 @@ still needs. `compact` applies one number of days to a whole saver, so the
 command runs it once per distinct number of days, with every thread that
 follows another policy passed as held.
 
+A policy that asks for an archive copies each checkpoint to the S3 archive
+(AGENTMATIC_ARCHIVE, ``s3://bucket/prefix``) before deleting it; without
+that setting its threads are left untouched.
+
 Read-only checkpoint files (AGENTMATIC_READONLY_FILES) are never compacted.
 """
 
@@ -18,8 +22,10 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from agentmatic.checkpoint.archive import S3Archive
 from agentmatic.checkpoint.retention import compact_sync
 from checkpoints.models import LegalHold, RetentionPolicy
 from runs import services
@@ -82,23 +88,26 @@ class Command(BaseCommand):
             else:
                 groups[policy].add(thread_id)
 
-        by_days: dict[int, set[str]] = defaultdict(set)
+        archive = _archive()
+        by_days: dict[tuple[int, bool], set[str]] = defaultdict(set)
         for policy, members in sorted(groups.items(), key=lambda kv: kv[0].agent):
             scope = policy.agent or "default policy"
             held = len(members & holds)
-            if policy.archive_to_s3:
+            if policy.archive_to_s3 and archive is None:
                 # Deleting without the archive the policy asks for would lose
-                # data for good; such threads wait until compact can archive.
+                # data for good; such threads wait until there is one.
                 self.stderr.write(
-                    f"{scope}: archive to S3 is on, but compact cannot archive "
-                    f"yet; {len(members)} threads left untouched."
+                    f"{scope}: archive to S3 is on, but AGENTMATIC_ARCHIVE "
+                    f"(s3://bucket/prefix) is not set; {len(members)} threads "
+                    "left untouched."
                 )
                 continue
             self.stdout.write(
                 f"{scope}: keep {policy.days_to_keep} days, {len(members)} threads "
-                f"({held} under legal hold)."
+                f"({held} under legal hold)"
+                + (f", archived to {archive!r} first." if policy.archive_to_s3 else ".")
             )
-            by_days[policy.days_to_keep] |= members
+            by_days[(policy.days_to_keep, policy.archive_to_s3)] |= members
         if unmanaged:
             self.stdout.write(f"{unmanaged} threads follow no policy and are kept.")
         if options["dry_run"]:
@@ -106,12 +115,13 @@ class Command(BaseCommand):
             return
 
         deleted = 0
-        for days, members in sorted(by_days.items()):
+        for (days, archived), members in sorted(by_days.items()):
             report = compact_sync(
                 saver,
                 retention_days=days,
                 now=as_of,
                 legal_holds=holds | (thread_ids - members),
+                archive=archive if archived else None,
             )
             deleted += report.deleted
             self.stdout.write(
@@ -122,6 +132,12 @@ class Command(BaseCommand):
             )
         log.info("retention applied: %s checkpoints deleted", deleted)
         self.stdout.write(f"Deleted {deleted} checkpoints in all.")
+
+
+def _archive() -> S3Archive | None:
+    """Return the S3 archive AGENTMATIC_ARCHIVE names, or None when unset."""
+    found = settings.AGENTMATIC_ARCHIVE
+    return None if found is None else S3Archive(*found)
 
 
 def _parse_time(raw: str) -> dt.datetime:
