@@ -176,6 +176,13 @@ class MemorySaver(BaseSaver):
                     f"expected newest checkpoint {expected_head!r} but it is "
                     f"{head!r}; another writer advanced the thread",
                 )
+            if checkpoint["id"] in stored:
+                # Stored checkpoints never change: the first write stays.
+                if expected_head is not NO_CHECK:
+                    raise ThreadConflict(
+                        thread_id, f"checkpoint {checkpoint['id']!r} is already stored"
+                    )
+                return thread_config(thread_id, checkpoint["id"], ns)
             stored[checkpoint["id"]] = _Stored(
                 checkpoint_blob, metadata_blob, parent_id
             )

@@ -248,9 +248,10 @@ local head = top(keys.idx, ns)
 if ARGV[8] == "1" and head ~= ARGV[9] then return {"conflict", head} end
 if ARGV[8] == "2" and head then return {"conflict", head} end
 local member = ns .. SEP .. cid
-local old_run = run_of(redis.call("HGET", keys.info, member))
-if old_run then
-  redis.call("ZREM", keys.runs, old_run .. SEP .. thread .. SEP .. ns .. SEP .. cid)
+-- Stored checkpoints never change: the first write stays.
+if redis.call("HEXISTS", keys.cp, member) == 1 then
+  if ARGV[8] ~= "0" then return {"exists", head} end
+  return {"ok", head}
 end
 redis.call("HSET", keys.cp, member, ARGV[5])
 redis.call("HSET", keys.md, member, ARGV[6])
@@ -835,6 +836,8 @@ class RedisSaver(BaseSaver):
                 ormsgpack.packb(summarize_checkpoint(self.serde, checkpoint)),
             ]
         )
+        if _text(result[0]) == "exists":
+            raise ThreadConflict(thread_id, f"checkpoint {cid!r} is already stored")
         if _text(result[0]) == "conflict":
             head = _text(result[1]) if result[1] is not None else None
             raise ThreadConflict(

@@ -828,7 +828,14 @@ class S3Saver(BaseSaver):
             if expected_head is not NO_CHECK:
                 self._drop_quietly(side)
                 raise ThreadConflict(thread_id, f"checkpoint {cid!r} is already stored")
-            # Storing an id again replaces it, as LangGraph's savers do.
+            _etag, manifest = self._load(thread_id, ns)
+            if manifest is not None and self._find_entry(manifest, cid) is not None:
+                # Stored checkpoints never change: the first write stays.
+                kept = {manifest.get("pos"), manifest.get("apos")}
+                self._drop_quietly(sorted(ready - kept))
+                return thread_config(thread_id, cid, ns)
+            # An object no index names is what a write cut short left behind:
+            # this write takes its place.
             self._put(cp_key, body)
 
         def mutate(

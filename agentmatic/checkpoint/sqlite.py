@@ -701,8 +701,15 @@ class SQLiteSaver(BaseSaver):
                 "AND checkpoint_id = ?",
                 (thread_id, ns, checkpoint_id),
             ).fetchone()
+            if existed is not None:
+                # Stored checkpoints never change: the first write stays.
+                if expected_head is not NO_CHECK:
+                    raise ThreadConflict(
+                        thread_id, f"checkpoint {checkpoint_id!r} is already stored"
+                    )
+                return
             conn.execute(
-                "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, "
+                "INSERT INTO checkpoints (thread_id, checkpoint_ns, "
                 "checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (thread_id, ns, checkpoint_id, parent_id, type_, blob, meta_json),
@@ -710,7 +717,7 @@ class SQLiteSaver(BaseSaver):
             self._set_watermark(conn, conn.execute("SELECT last_insert_rowid()"))
             self._put_index_rows(conn, [index_row])
             if ns == "":
-                self._bump_thread(conn, index_row, new=existed is None)
+                self._bump_thread(conn, index_row, new=True)
 
         self._write(write)
         return thread_config(thread_id, checkpoint_id, ns)
