@@ -2309,7 +2309,8 @@ class PostgresSaver(BaseSaver):
                 )
                 resolver.tuples[row.checkpoint_id] = tup
                 tuples.append((row, tup))
-            for pid in parents:
+            # Rows read whole look up their parents' writes through these.
+            for pid in parents if tuples else ():
                 if pid not in resolver.tuples:
                     resolver.tuples[pid] = CheckpointTuple(
                         config=thread_config(thread_id, pid, ns),
