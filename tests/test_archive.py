@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from agentmatic.checkpoint.archive import S3Archive
+from agentmatic.checkpoint.base import thread_config
 from agentmatic.checkpoint.retention import compact_sync
 from tests.s3server import BUCKET
 from tests.test_bad_input import saver  # noqa: F401 - the fixture over every saver
+from tests.test_chain import backend  # noqa: F401 - the fixture over four savers
 from tests.test_runtime import ask, build
 
 LATER = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
@@ -24,7 +26,10 @@ def test_compact_archives_every_checkpoint_it_deletes(
     agent, _ = build(saver=saver)
     ask(agent, "t", "Refund $40")
     ask(agent, "t", "Refund $50")
-    before = [s.checkpoint_id for s in saver.get_state_history("t")]
+    before = {
+        s.checkpoint_id: saver.get_tuple(thread_config("t", s.checkpoint_id))
+        for s in saver.get_state_history("t")
+    }
     archive = S3Archive(BUCKET, prefix=f"{s3_prefix}archive", client=s3_server.client())
     report = compact_sync(saver, retention_days=1, now=LATER, archive=archive)
     after = {s.checkpoint_id for s in saver.get_state_history("t")}
@@ -37,11 +42,41 @@ def test_compact_archives_every_checkpoint_it_deletes(
             "",
             cid,
         )
-        assert "writes" in row and row["checkpoint"]
-        if "metadata_type" in row:  # not Postgres: the saver's own serialization
-            stored = saver.serde.loads_typed((row["type"], row["checkpoint"]))
-            assert stored["id"] == cid
+        # The checkpoint with its values, its metadata and its writes.
+        stored = saver.serde.loads_typed((row["type"], row["checkpoint"]))
+        assert stored == before[cid].checkpoint
+        metadata = saver.serde.loads_typed((row["metadata_type"], row["metadata"]))
+        assert metadata == before[cid].metadata
+        writes = [
+            (
+                w["task_id"],
+                w["channel"],
+                saver.serde.loads_typed((w["type"], w["blob"])),
+            )
+            for w in row["writes"]
+        ]
+        assert writes == list(before[cid].pending_writes)
     assert any(archive.read("t", "", cid)["writes"] for cid in gone)
+
+
+def test_a_thread_that_cannot_be_archived_stays_whole(backend):  # noqa: F811
+    store = backend.saver()
+    agent, _ = build(saver=store)
+    for thread in ("good", "bad"):
+        ask(agent, thread, "Refund $40")
+        ask(agent, thread, "Refund $50")
+    bad = [s.checkpoint_id for s in store.get_state_history("bad")]
+    good = len(store.get_state_history("good"))
+    for cid in bad[1:]:
+        backend.flip_checkpoint_byte(store, "bad", cid, 0.0)
+    archived: list[dict[str, Any]] = []
+    report = compact_sync(store, retention_days=1, now=LATER, archive=archived.extend)
+    assert report.threads_unreadable == 1
+    assert {row["thread_id"] for row in archived} == {"good"}
+    assert (
+        report.deleted == len(archived) == good - len(store.get_state_history("good"))
+    )
+    # Every deletion was the good thread's: the bad one stayed whole.
 
 
 def test_nothing_is_deleted_when_the_archive_fails(saver):  # noqa: F811

@@ -26,10 +26,18 @@ def checkpoint(cid: str, value: str) -> dict:
 
 
 def test_storing_an_id_again_keeps_the_first_checkpoint(saver):  # noqa: F811
-    saver.put(thread_config("t"), checkpoint(ROOT, "a"), {"step": -1}, {"x": "1"})
+    saver.put(
+        thread_config("t"),
+        checkpoint(ROOT, "a"),
+        {"step": -1, "run_id": "run-a"},
+        {"x": "1"},
+    )
     saver.put(thread_config("t", ROOT), checkpoint(CHILD, "b"), {"step": 0}, {"x": "1"})
     again = saver.put(
-        thread_config("t"), checkpoint(ROOT, "changed"), {"step": 9}, {"x": "1"}
+        thread_config("t"),
+        checkpoint(ROOT, "changed"),
+        {"step": 9, "run_id": "run-b"},
+        {"x": "1"},
     )
     assert again["configurable"]["checkpoint_id"] == ROOT
     root = saver.get_tuple(thread_config("t", ROOT))
@@ -59,3 +67,8 @@ def test_storing_an_id_again_keeps_the_first_checkpoint(saver):  # noqa: F811
     assert saver.get_tuple(thread_config("t", CHILD)).checkpoint["channel_values"] == {
         "x": "b"
     }
+    # Nothing the refused or ignored writes made is left to find or delete.
+    assert [t.thread_id for t in saver.list_threads().threads] == ["t"]
+    assert saver.find_checkpoint(CHILD).checkpoint["id"] == CHILD
+    saver.delete_for_runs(["run-b"])
+    assert [t.checkpoint["id"] for t in saver.list(thread_config("t"))] == ids

@@ -2,10 +2,10 @@
 
 `compact(..., archive=...)` hands each thread's doomed checkpoints to an
 archive, a callable taking a list of rows, before deleting them. A row is a
-dict with at least ``thread_id``, ``checkpoint_ns`` and ``checkpoint_id``:
-the stored row itself on Postgres, elsewhere the checkpoint, metadata and
-writes as the saver's serializer writes them (``type`` and bytes pairs), so
-nothing is decoded or lost on the way.
+dict: ``thread_id``, ``checkpoint_ns``, ``checkpoint_id``,
+``parent_checkpoint_id``, and the checkpoint (with its values), its
+metadata and its writes as the saver's serializer writes them (``type`` and
+bytes pairs), readable with that serializer's ``loads_typed``.
 
 `S3Archive` stores each row as one msgpack object under
 ``<prefix><thread>/<namespace>/<checkpoint id>.msgpack`` in a bucket of any
@@ -54,7 +54,9 @@ class S3Archive:
     def __call__(self, rows: list[dict[str, Any]]) -> None:
         """Store every row; raise (so nothing is deleted) if one cannot be."""
         for row in rows:
-            body = ormsgpack.packb(row, default=_plain)
+            body = ormsgpack.packb(
+                row, default=_plain, option=ormsgpack.OPT_PASSTHROUGH_BIG_INT
+            )
             self.client.put_object(Bucket=self.bucket, Key=self.key(row), Body=body)
 
     def read(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> Any:
@@ -71,7 +73,9 @@ class S3Archive:
 
 
 def _plain(value: Any) -> Any:
-    """Return what msgpack cannot store as it can: times and ids as text."""
+    """Return what msgpack cannot store as it can: times, ids, big ints as text."""
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     if isinstance(value, (uuid.UUID, decimal.Decimal)):

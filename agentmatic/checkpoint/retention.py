@@ -33,6 +33,10 @@ from agentmatic.errors import SerializationError
 
 log = logging.getLogger(__name__)
 
+# What reading a damaged thread raises: a record that does not decode
+# (SerializationError) or that has the wrong shape (ValueError, TypeError).
+_UNREADABLE = (SerializationError, ValueError, TypeError)
+
 # Gets each thread's doomed checkpoints before they are deleted (`S3Archive`).
 Archive = Callable[[list[dict[str, Any]]], Any]
 
@@ -131,15 +135,7 @@ def _compact_with(
     legal_holds: Iterable[str],
     archive: Archive | None,
 ) -> CompactReport:
-    if archive is None or not hasattr(saver, "archive"):
-        return _compact(saver, retention_days, now, legal_holds, archive)
-    # The Postgres saver hands its stored rows to the archive itself.
-    before = saver.archive
-    saver.archive = archive
-    try:
-        return _compact(saver, retention_days, now, legal_holds, None)
-    finally:
-        saver.archive = before
+    return _compact(saver, retention_days, now, legal_holds, archive)
 
 
 def open_saver(url: str) -> BaseSaver:
@@ -234,9 +230,17 @@ def _compact(
             counts[reason] += 1
         kept_total += len(keep)
         doomed = sorted(cid for cid in items if cid not in keep)
+        if doomed and archive is not None:
+            try:
+                archived = _archive_rows(saver, thread_id, ns, doomed)
+            except _UNREADABLE as exc:
+                # Never delete what cannot be archived: the thread stays whole.
+                log.warning("retention skips thread %s: %s", thread_id, exc)
+                unreadable.add(thread_id)
+                kept_total += len(doomed)
+                continue
+            archive(archived)
         if doomed:
-            if archive is not None:
-                archive(_archive_rows(saver, thread_id, ns, doomed))
             counts["deleted"] += saver.delete_checkpoints(thread_id, ns, doomed)
 
     report = CompactReport(
@@ -266,7 +270,11 @@ def _compact(
 def _archive_rows(
     saver: BaseSaver, thread_id: str, ns: str, ids: list[str]
 ) -> list[dict[str, Any]]:
-    """Return checkpoints as an archive gets them: stored, serialized, whole."""
+    """Return checkpoints as an archive gets them: with their values and writes.
+
+    Each is read back and serialized again with the saver's serializer, so a
+    checkpoint that cannot be read raises here, before anything is deleted.
+    """
     rows: list[dict[str, Any]] = []
     for cid in ids:
         tup = saver.get_tuple(thread_config(thread_id, cid, ns))
@@ -308,7 +316,7 @@ def _rows(saver: BaseSaver) -> tuple[list[RetentionRow], set[str]]:
     if callable(hook):
         try:
             return [RetentionRow(*row) for row in hook()], set()
-        except SerializationError:
+        except _UNREADABLE:
             pass  # some thread cannot be read: go thread by thread
     rows: list[RetentionRow] = []
     unreadable: set[str] = set()
@@ -319,7 +327,7 @@ def _rows(saver: BaseSaver) -> tuple[list[RetentionRow], set[str]]:
                 if callable(hook)
                 else list(_scan_thread(saver, thread_id))
             )
-        except SerializationError as exc:
+        except _UNREADABLE as exc:
             # Never delete what we cannot read: the thread is left whole.
             log.warning("retention skips thread %s: %s", thread_id, exc)
             unreadable.add(thread_id)

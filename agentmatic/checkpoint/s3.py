@@ -825,14 +825,21 @@ class S3Saver(BaseSaver):
 
         stored = self._parallel(store, [cp_key, *side])
         if not stored[0]:
-            if expected_head is not NO_CHECK:
-                self._drop_quietly(side)
-                raise ThreadConflict(thread_id, f"checkpoint {cid!r} is already stored")
             _etag, manifest = self._load(thread_id, ns)
-            if manifest is not None and self._find_entry(manifest, cid) is not None:
-                # Stored checkpoints never change: the first write stays.
-                kept = {manifest.get("pos"), manifest.get("apos")}
-                self._drop_quietly(sorted(ready - kept))
+            found = self._find_entry(manifest, cid) if manifest is not None else None
+            if found is not None or expected_head is not NO_CHECK:
+                # Stored checkpoints never change: the first write stays. Of
+                # the keys just written, drop those the stored one does not own.
+                owned = {self._id_key(thread_id, ns, cid)}
+                if found is not None and found[1].get("run") is not None:
+                    owned.add(self._run_key(str(found[1]["run"]), thread_id, ns, cid))
+                if manifest is not None:
+                    owned |= {str(manifest.get(k)) for k in ("pos", "apos")}
+                self._drop_quietly(sorted(set(side) - owned))
+                if expected_head is not NO_CHECK:
+                    raise ThreadConflict(
+                        thread_id, f"checkpoint {cid!r} is already stored"
+                    )
                 return thread_config(thread_id, cid, ns)
             # An object no index names is what a write cut short left behind:
             # this write takes its place.

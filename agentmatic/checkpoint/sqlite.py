@@ -1155,9 +1155,9 @@ class SQLiteSaver(BaseSaver):
             next_cursor = encode_cursor(last.updated_at or "", last.thread_id)
         return ThreadPage(threads=infos, next_cursor=next_cursor)
 
-    def retention_rows(self) -> Iterator[tuple[Any, ...]]:
+    def retention_rows(self, thread_id: str | None = None) -> Iterator[tuple[Any, ...]]:
         """Yield ``(thread_id, ns, checkpoint_id, parent_id, ts, needs_parent,
-        metadata)`` for every checkpoint, from the index (for retention)."""
+        metadata)`` per checkpoint (of one thread, if given), from the index."""
         self._catch_up()
         rows = self._read(
             lambda conn: conn.execute(
@@ -1165,7 +1165,9 @@ class SQLiteSaver(BaseSaver):
                 "i.parent_checkpoint_id, i.ts, i.needs_parent, i.metadata "
                 f"FROM {self._s}.agentmatic_index i JOIN checkpoints c "
                 "ON c.thread_id = i.thread_id AND c.checkpoint_ns = i.checkpoint_ns "
-                "AND c.checkpoint_id = i.checkpoint_id"
+                "AND c.checkpoint_id = i.checkpoint_id "
+                "WHERE ? IS NULL OR i.thread_id = ?",
+                (thread_id, thread_id),
             ).fetchall()
         )
         for row in rows:

@@ -67,9 +67,9 @@ async def compact(
     `legal_holds`. A remaining checkpoint whose message log was rebuilt from
     deleted checkpoints gets it stored first. Then everything nothing
     references any more (values, list chunks, writes, also those left by a
-    plain ``DELETE``) is collected. `archive`, if given, receives each
-    thread's rows (with their writes) before they are deleted, for example
-    to copy them to S3.
+    plain ``DELETE``) is collected. `archive`, if given (an `S3Archive`, or
+    any callable taking a list of rows), receives each thread's doomed
+    checkpoints with their values and writes before they are deleted.
     """
     return await asyncio.to_thread(
         compact_sync,
@@ -92,15 +92,14 @@ def compact_sync(
     """Synchronous twin of `compact`."""
     holds = list(legal_holds)
     with _saver(url_or_saver) as saver:
-        before = saver.archive
-        saver.archive = archive
-        try:
-            report = _compact(
-                saver, retention_days=retention_days, now=now, legal_holds=holds
-            )
-            saver.collect_garbage()
-        finally:
-            saver.archive = before
+        report = _compact(
+            saver,
+            retention_days=retention_days,
+            now=now,
+            legal_holds=holds,
+            archive=archive,
+        )
+        saver.collect_garbage()
     return report
 
 
