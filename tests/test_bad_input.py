@@ -64,3 +64,37 @@ def test_a_page_of_threads_needs_a_size_of_at_least_one(saver, limit):
     with pytest.raises(ValueError, match="limit must be a whole number"):
         saver.list_threads(limit=limit)
     assert [t.thread_id for t in saver.list_threads(limit=1).threads] == ["t"]
+
+
+def test_malformed_list_and_page_arguments_are_refused_by_name(saver):
+    agent, _ = build(saver=saver)
+    ask(agent, "t", "Refund $40")
+    config = thread_config("t")
+    for before in ({"configurable": {"checkpoint_id": 5}}, "abc", {"configurable": 1}):
+        with pytest.raises(ValueError, match="before must be"):
+            list(saver.list(config, before=before))
+    for values in (True, False):
+        with pytest.raises(ValueError, match="checkpoint_ns must be text"):
+            saver.get_state_history("t", checkpoint_ns=5, values=values)
+    with pytest.raises(ValueError, match="checkpoint_ns must be text"):
+        saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": 5}})
+    with pytest.raises(ValueError, match="agent must be text"):
+        saver.list_threads(agent=5)
+    with pytest.raises(ValueError, match="cursor must be text"):
+        saver.list_threads(cursor=5)
+
+
+def test_an_empty_checkpoint_id_means_none_on_every_saver(saver):
+    agent, _ = build(saver=saver)
+    ask(agent, "t", "Refund $40")
+    head = saver.get_state("t")
+    everything = [s.checkpoint_id for s in saver.get_state_history("t")]
+    for values in (True, False):
+        assert saver.get_state("t", "", values=values).checkpoint_id == (
+            head.checkpoint_id
+        )
+        got = saver.get_state_history("t", before="", values=values)
+        assert [s.checkpoint_id for s in got] == everything
+    assert saver.get_tuple(thread_config("t", "")).checkpoint["id"] == (
+        head.checkpoint_id
+    )

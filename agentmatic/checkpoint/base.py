@@ -85,7 +85,7 @@ def config_parts(config: Config) -> tuple[str, str, str | None]:
         raise InvalidThreadId("config needs configurable.thread_id")
     return (
         check_thread_id(thread_id),
-        str(conf.get("checkpoint_ns") or ""),
+        check_namespace(conf.get("checkpoint_ns")),
         check_checkpoint_id(conf.get("checkpoint_id")),
     )
 
@@ -106,10 +106,38 @@ def check_thread_id(thread_id: Any) -> str:
 
 
 def check_checkpoint_id(value: Any, what: str = "checkpoint id") -> str | None:
-    """Return a checkpoint id given to a reader (None for none), refusing non-text."""
+    """Return a checkpoint id given to a reader, refusing non-text.
+
+    None or empty text means none, as in LangGraph's savers.
+    """
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{what} must be text, not {value!r}")
-    return value
+    return value or None
+
+
+def check_namespace(value: Any) -> str:
+    """Return a checkpoint namespace given to a reader ('' for none)."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"checkpoint_ns must be text, not {value!r}")
+    return value or ""
+
+
+def checked_before(before: Any) -> str | None:
+    """Return the checkpoint id of a `before` config, refusing a malformed one."""
+    if before is None:
+        return None
+    conf = before.get("configurable") if isinstance(before, dict) else None
+    if not isinstance(conf, dict):
+        raise ValueError(f"before must be a config with configurable, not {before!r}")
+    return check_checkpoint_id(conf.get("checkpoint_id"), "before")
+
+
+def check_thread_page(agent: Any, limit: Any, cursor: Any) -> None:
+    """Check the arguments of `list_threads`."""
+    check_page_size(limit)
+    for name, value in (("agent", agent), ("cursor", cursor)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be text, not {value!r}")
 
 
 def check_history_args(
@@ -410,6 +438,7 @@ class BaseSaver(ABC):
         from agentmatic.checkpoint.reading import history
 
         thread_id, before = check_history_args(thread_id, limit, before)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         return history(
             self,
             thread_id,
@@ -432,7 +461,7 @@ class BaseSaver(ABC):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, `limit` at a time."""
-        check_page_size(limit)
+        check_thread_page(agent, limit, cursor)
         from agentmatic.checkpoint.reading import list_threads_by_scan
 
         return list_threads_by_scan(self, agent=agent, limit=limit, cursor=cursor)

@@ -19,6 +19,7 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     check_checkpoint_id,
     check_filter_keys,
+    checked_before,
     config_parts,
     metadata_matches,
     thread_config,
@@ -122,7 +123,7 @@ class MemorySaver(BaseSaver):
                 thread_id, ns, checkpoint_id = config_parts_loose(config)
             else:
                 thread_id, ns, checkpoint_id = None, None, None
-            before_id = (before or {}).get("configurable", {}).get("checkpoint_id")
+            before_id = checked_before(before)
             rows: list[tuple[str, str, str, _Stored]] = []
             for tid, namespaces in self._threads.items():
                 if thread_id is not None and tid != thread_id:

@@ -58,8 +58,10 @@ from agentmatic.checkpoint.base import (
     PendingWrite,
     check_filter_keys,
     check_history_args,
-    check_page_size,
+    check_namespace,
     check_state_args,
+    check_thread_page,
+    checked_before,
     config_parts,
     metadata_matches,
     thread_config,
@@ -640,7 +642,7 @@ class RedisSaver(BaseSaver):
         thread_id, ns, checkpoint_id = (
             config_parts_loose(config) if config is not None else (None, None, None)
         )
-        before_id = (before or {}).get("configurable", {}).get("checkpoint_id")
+        before_id = checked_before(before)
         if limit is not None and limit <= 0:
             return
         if thread_id is None:
@@ -1020,6 +1022,7 @@ class RedisSaver(BaseSaver):
         are read, a page of 128 per command: no checkpoint, no message.
         """
         thread_id, before = check_history_args(thread_id, limit, before)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         if values:
             return super().get_state_history(
                 thread_id,
@@ -1108,7 +1111,7 @@ class RedisSaver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity from the index, `limit` at a time."""
-        check_page_size(limit)
+        check_thread_page(agent, limit, cursor)
         key = f"{self.prefix}:threads" if agent is None else f"{self.prefix}:agent:"
         if agent is not None:
             key += agent

@@ -56,8 +56,10 @@ from agentmatic.checkpoint.base import (
     PendingWrite,
     check_filter_keys,
     check_history_args,
-    check_page_size,
+    check_namespace,
     check_state_args,
+    check_thread_page,
+    checked_before,
     config_parts,
     metadata_matches,
     thread_config,
@@ -683,7 +685,7 @@ class S3Saver(BaseSaver):
         thread_id, ns, checkpoint_id = (
             config_parts_loose(config) if config is not None else (None, None, None)
         )
-        before_id = (before or {}).get("configurable", {}).get("checkpoint_id")
+        before_id = checked_before(before)
         if limit is not None and limit <= 0:
             return
         threads = [thread_id] if thread_id is not None else list(self.thread_ids())
@@ -1381,6 +1383,7 @@ class S3Saver(BaseSaver):
         per page of entries plus one): no checkpoint or write object.
         """
         thread_id, before = check_history_args(thread_id, limit, before)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         if values:
             return super().get_state_history(
                 thread_id,
@@ -1422,7 +1425,7 @@ class S3Saver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, from one listing plus their indexes."""
-        check_page_size(limit)
+        check_thread_page(agent, limit, cursor)
         where = f"{self.prefix}updated/"
         if agent is not None:
             where = f"{self.prefix}agents/{_seg(agent)}/"

@@ -60,8 +60,10 @@ from agentmatic.checkpoint.base import (
     check_checkpoint_id,
     check_filter_keys,
     check_history_args,
-    check_page_size,
+    check_namespace,
     check_state_args,
+    check_thread_page,
+    checked_before,
     config_parts,
     thread_config,
 )
@@ -597,7 +599,7 @@ class SQLiteSaver(BaseSaver):
             if check_checkpoint_id(conf.get("checkpoint_id")):
                 where.append("c.checkpoint_id = ?")
                 params.append(str(conf["checkpoint_id"]))
-        before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id")
+        before_id = checked_before(before)
         if before_id:
             where.append("c.checkpoint_id < ?")
             params.append(str(before_id))
@@ -1062,6 +1064,7 @@ class SQLiteSaver(BaseSaver):
         error writes are read; no checkpoint or message is decoded.
         """
         thread_id, before = check_history_args(thread_id, limit, before)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
         self._catch_up_thread(thread_id, checkpoint_ns)
@@ -1107,7 +1110,7 @@ class SQLiteSaver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, `limit` at a time."""
-        check_page_size(limit)
+        check_thread_page(agent, limit, cursor)
         self._catch_up()
         s = self._s
         where = [

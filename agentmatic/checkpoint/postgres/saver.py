@@ -61,8 +61,10 @@ from agentmatic.checkpoint.base import (
     PendingWrite,
     check_filter_keys,
     check_history_args,
-    check_page_size,
+    check_namespace,
     check_state_args,
+    check_thread_page,
+    checked_before,
     config_parts,
     thread_config,
 )
@@ -1159,7 +1161,7 @@ class PostgresSaver(BaseSaver):
             if cid is not None:
                 clauses.append("checkpoint_id = %s")
                 params.append(str(cid))
-        before_id = ((before or {}).get("configurable") or {}).get("checkpoint_id")
+        before_id = checked_before(before)
         if before_id is not None:
             clauses.append("checkpoint_id < %s")
             params.append(str(before_id))
@@ -2098,6 +2100,7 @@ class PostgresSaver(BaseSaver):
         needs are decoded: no channel value is read.
         """
         thread_id, before = check_history_args(thread_id, limit, before)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
         config = thread_config(thread_id, checkpoint_ns=checkpoint_ns)
@@ -2127,7 +2130,7 @@ class PostgresSaver(BaseSaver):
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> ThreadPage:
         """Return threads by newest activity, `limit` at a time (keyset paging)."""
-        check_page_size(limit)
+        check_thread_page(agent, limit, cursor)
         where = ["t.checkpoint_ns = ''", "t.checkpoints > 0"]
         params: builtins.list[Any] = []
         if agent is not None:
