@@ -98,3 +98,10 @@ def test_an_empty_checkpoint_id_means_none_on_every_saver(saver):
     assert saver.get_tuple(thread_config("t", "")).checkpoint["id"] == (
         head.checkpoint_id
     )
+
+
+def test_a_config_or_filter_of_the_wrong_shape_is_refused(saver):
+    with pytest.raises(InvalidThreadId, match="config must be a dict"):
+        saver.get_tuple(None)
+    with pytest.raises(ValueError, match="filter must be a dict"):
+        list(saver.list(thread_config("t"), filter=["step"]))

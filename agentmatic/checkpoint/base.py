@@ -79,6 +79,10 @@ def thread_config(
 
 def config_parts(config: Config) -> tuple[str, str, str | None]:
     """Return `(thread_id, checkpoint_ns, checkpoint_id)` of a config."""
+    if not isinstance(config, dict):
+        raise InvalidThreadId(
+            f"a config must be a dict with configurable, not {config!r}"
+        )
     conf = config.get("configurable") or {}
     thread_id = conf.get("thread_id")
     if thread_id is None or thread_id == "":
@@ -164,6 +168,8 @@ def check_filter_keys(filter: dict[str, Any] | None) -> dict[str, Any]:
     """Return the filter, refusing keys that are not plain identifiers."""
     if not filter:
         return {}
+    if not isinstance(filter, dict):
+        raise ValueError(f"a metadata filter must be a dict, not {filter!r}")
     for key in filter:
         if not isinstance(key, str) or not key or not set(key) <= FILTER_KEY_CHARS:
             raise ValueError(f"metadata filter key {key!r} is not a plain identifier")
