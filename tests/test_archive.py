@@ -91,3 +91,12 @@ def test_nothing_is_deleted_when_the_archive_fails(saver):  # noqa: F811
     with pytest.raises(OSError, match="unreachable"):
         compact_sync(saver, retention_days=1, now=LATER, archive=broken)
     assert [s.checkpoint_id for s in saver.get_state_history("t")] == before
+
+
+def test_archive_keys_never_hold_a_dot_segment():
+    archive = S3Archive("b", "old", client=object())
+    assert (
+        archive.key({"thread_id": "..", "checkpoint_ns": ".", "checkpoint_id": "a/b"})
+        == "old/%2E%2E/%2E/a%2Fb.msgpack"
+    )
+    assert archive.key({"thread_id": "t", "checkpoint_id": "c"}) == "old/t/%/c.msgpack"

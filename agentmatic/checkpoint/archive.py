@@ -48,7 +48,11 @@ class S3Archive:
     def key(self, row: dict[str, Any]) -> str:
         """Return the object key of an archived row."""
         parts = (row["thread_id"], row.get("checkpoint_ns") or "", row["checkpoint_id"])
-        thread, ns, cid = (urllib.parse.quote(str(p), safe="") or "%" for p in parts)
+        # Dots escaped too: some S3-compatible stores refuse "." and ".." parts.
+        thread, ns, cid = (
+            urllib.parse.quote(str(p), safe="").replace(".", "%2E") or "%"
+            for p in parts
+        )
         return f"{self.prefix}{thread}/{ns}/{cid}.msgpack"
 
     def __call__(self, rows: list[dict[str, Any]]) -> None:
