@@ -105,3 +105,17 @@ def test_a_config_or_filter_of_the_wrong_shape_is_refused(saver):
         saver.get_tuple(None)
     with pytest.raises(ValueError, match="filter must be a dict"):
         list(saver.list(thread_config("t"), filter=["step"]))
+
+
+def test_list_and_lookups_refuse_arguments_of_the_wrong_type(saver):
+    agent, _ = build(saver=saver)
+    ask(agent, "t", "Refund $40")
+    with pytest.raises(ValueError, match="limit must be a whole number"):
+        list(saver.list(thread_config("t"), limit="2"))
+    with pytest.raises(ValueError, match="checkpoint id must be text"):
+        saver.find_checkpoint(5)
+    with pytest.raises(InvalidThreadId):
+        saver.head_id(None)
+    with pytest.raises(ValueError, match="checkpoint_ns must be text"):
+        saver.head_id("t", 5)
+    assert saver.head_id("t") == saver.get_state("t").checkpoint_id

@@ -322,6 +322,7 @@ class BaseSaver(ABC):
 
     def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
         """Return the checkpoint with this id in any thread, or None."""
+        check_checkpoint_id(checkpoint_id)
         return find_checkpoint_by_scan(self, checkpoint_id)
 
     def history_links(
@@ -343,6 +344,8 @@ class BaseSaver(ABC):
         ]
 
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
+        thread_id = check_thread_id(thread_id)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         tup = self.get_tuple(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
         return tup.checkpoint["id"] if tup else None
 

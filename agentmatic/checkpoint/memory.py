@@ -19,6 +19,7 @@ from agentmatic.checkpoint.base import (
     CheckpointTuple,
     check_checkpoint_id,
     check_filter_keys,
+    check_limit,
     checked_before,
     config_parts,
     metadata_matches,
@@ -101,6 +102,7 @@ class MemorySaver(BaseSaver):
         )
 
     def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
+        check_checkpoint_id(checkpoint_id)
         with self._lock:
             for tid, namespaces in self._threads.items():
                 for ns, stored in namespaces.items():
@@ -123,6 +125,7 @@ class MemorySaver(BaseSaver):
                 thread_id, ns, checkpoint_id = config_parts_loose(config)
             else:
                 thread_id, ns, checkpoint_id = None, None, None
+            check_limit(limit)
             before_id = checked_before(before)
             rows: list[tuple[str, str, str, _Stored]] = []
             for tid, namespaces in self._threads.items():

@@ -56,10 +56,13 @@ from agentmatic.checkpoint.base import (
     BaseSaver,
     CheckpointTuple,
     PendingWrite,
+    check_checkpoint_id,
     check_filter_keys,
     check_history_args,
+    check_limit,
     check_namespace,
     check_state_args,
+    check_thread_id,
     check_thread_page,
     checked_before,
     config_parts,
@@ -642,6 +645,7 @@ class RedisSaver(BaseSaver):
         thread_id, ns, checkpoint_id = (
             config_parts_loose(config) if config is not None else (None, None, None)
         )
+        check_limit(limit)
         before_id = checked_before(before)
         if limit is not None and limit <= 0:
             return
@@ -739,6 +743,8 @@ class RedisSaver(BaseSaver):
 
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         """Return the id of the namespace's newest checkpoint, or None."""
+        thread_id = check_thread_id(thread_id)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         _check(checkpoint_ns, "checkpoint_ns")
         found = self.client.zrevrangebylex(
             self._key(thread_id, "idx"),
@@ -751,6 +757,7 @@ class RedisSaver(BaseSaver):
 
     def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
         """Return the checkpoint with this id in any thread, or None."""
+        check_checkpoint_id(checkpoint_id)
         _check(checkpoint_id, "checkpoint id")
         members = self.client.zrangebylex(
             f"{self.prefix}:loc",

@@ -54,10 +54,13 @@ from agentmatic.checkpoint.base import (
     BaseSaver,
     CheckpointTuple,
     PendingWrite,
+    check_checkpoint_id,
     check_filter_keys,
     check_history_args,
+    check_limit,
     check_namespace,
     check_state_args,
+    check_thread_id,
     check_thread_page,
     checked_before,
     config_parts,
@@ -685,6 +688,7 @@ class S3Saver(BaseSaver):
         thread_id, ns, checkpoint_id = (
             config_parts_loose(config) if config is not None else (None, None, None)
         )
+        check_limit(limit)
         before_id = checked_before(before)
         if limit is not None and limit <= 0:
             return
@@ -753,11 +757,14 @@ class S3Saver(BaseSaver):
 
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         """Return the id of the namespace's newest checkpoint, or None."""
+        thread_id = check_thread_id(thread_id)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         _etag, manifest = self._load(thread_id, checkpoint_ns)
         return None if manifest is None else manifest.get("head")
 
     def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
         """Return the checkpoint with this id in any thread, or None."""
+        check_checkpoint_id(checkpoint_id)
         prefix = f"{self.prefix}ids/{_seg(checkpoint_id)}/"
         for key in self._list(prefix, max_keys=16):
             thread_seg, ns_seg = key[len(prefix) :].split("/")

@@ -60,8 +60,10 @@ from agentmatic.checkpoint.base import (
     check_checkpoint_id,
     check_filter_keys,
     check_history_args,
+    check_limit,
     check_namespace,
     check_state_args,
+    check_thread_id,
     check_thread_page,
     checked_before,
     config_parts,
@@ -599,6 +601,7 @@ class SQLiteSaver(BaseSaver):
             if check_checkpoint_id(conf.get("checkpoint_id")):
                 where.append("c.checkpoint_id = ?")
                 params.append(str(conf["checkpoint_id"]))
+        check_limit(limit)
         before_id = checked_before(before)
         if before_id:
             where.append("c.checkpoint_id < ?")
@@ -1001,6 +1004,7 @@ class SQLiteSaver(BaseSaver):
 
     def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
         """Return the checkpoint with this id in any thread, or None."""
+        check_checkpoint_id(checkpoint_id)
         self._catch_up()
         row = self._read(
             lambda conn: conn.execute(
@@ -1028,6 +1032,8 @@ class SQLiteSaver(BaseSaver):
         return [(str(cid), parent) for cid, parent in rows]
 
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
+        thread_id = check_thread_id(thread_id)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         row = self._read(
             lambda conn: conn.execute(
                 "SELECT max(checkpoint_id) FROM checkpoints "

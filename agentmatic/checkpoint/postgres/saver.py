@@ -59,10 +59,13 @@ from agentmatic.checkpoint.base import (
     BaseSaver,
     CheckpointTuple,
     PendingWrite,
+    check_checkpoint_id,
     check_filter_keys,
     check_history_args,
+    check_limit,
     check_namespace,
     check_state_args,
+    check_thread_id,
     check_thread_page,
     checked_before,
     config_parts,
@@ -1110,6 +1113,7 @@ class PostgresSaver(BaseSaver):
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
         """Yield checkpoints newest first, read a page at a time."""
+        check_limit(limit)
         where, params = self._where(config, filter, before)
         remaining = limit
         after: tuple[str, str, str] | None = None
@@ -2018,6 +2022,7 @@ class PostgresSaver(BaseSaver):
 
     def find_checkpoint(self, checkpoint_id: str) -> CheckpointTuple | None:
         """Return the checkpoint with this id in any thread, or None."""
+        check_checkpoint_id(checkpoint_id)
         with self._conn() as conn:
             row = conn.execute(
                 "SELECT thread_id, checkpoint_ns FROM agentmatic_checkpoints "
@@ -2041,6 +2046,8 @@ class PostgresSaver(BaseSaver):
             ).fetchall()
 
     def head_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
+        thread_id = check_thread_id(thread_id)
+        checkpoint_ns = check_namespace(checkpoint_ns)
         with self._conn() as conn:
             row = conn.execute(
                 "SELECT checkpoint_id FROM agentmatic_checkpoints "
