@@ -293,8 +293,6 @@ class PostgresSaver(BaseSaver):
         self._lock = threading.Lock()
         self._memos: OrderedDict[tuple[str, str], _Memo] = OrderedDict()
         self._lease_renewed: dict[tuple[str, str], tuple[float, float]] = {}
-        # Called with the rows about to be deleted by retention, if set.
-        self.archive: Callable[[builtins.list[dict[str, Any]]], Any] | None = None
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> PostgresSaver:
@@ -1626,8 +1624,6 @@ class PostgresSaver(BaseSaver):
                 [r for r in rows if r.checkpoint_id not in wanted],
                 doomed,
             )
-            if self.archive is not None:
-                self._archive(conn, thread_id, ns, ids)
             count = conn.execute(
                 "DELETE FROM agentmatic_checkpoints WHERE thread_id = %s "
                 "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
@@ -1704,35 +1700,6 @@ class PostgresSaver(BaseSaver):
                 own.append(row.checkpoint_id)
                 stored += 1
         return stored
-
-    def _archive(
-        self,
-        conn: psycopg.Connection[Any],
-        thread_id: str,
-        ns: str,
-        ids: builtins.list[str],
-    ) -> None:
-        """Hand the rows about to be deleted to the archive hook."""
-        assert self.archive is not None
-        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-        rows = cur.execute(
-            "SELECT * FROM agentmatic_checkpoints WHERE thread_id = %s "
-            "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[]) "
-            "ORDER BY checkpoint_id",
-            (thread_id, ns, ids),
-        ).fetchall()
-        writes = cur.execute(
-            "SELECT * FROM agentmatic_writes WHERE thread_id = %s "
-            "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
-            (thread_id, ns, ids),
-        ).fetchall()
-        by_id: dict[str, builtins.list[dict[str, Any]]] = {}
-        for w in writes:
-            by_id.setdefault(w["checkpoint_id"], []).append(w)
-        for row in rows:
-            row["writes"] = by_id.get(row["checkpoint_id"], [])
-        if rows:
-            self.archive(rows)
 
     def _collect(self, conn: psycopg.Connection[Any], thread_id: str, ns: str) -> None:
         """Delete the thread's blobs, chunks and writes that nothing references."""
