@@ -137,31 +137,29 @@ def checked_before(before: Any) -> str | None:
 
 
 def check_thread_page(agent: Any, limit: Any, cursor: Any) -> None:
-    """Check the arguments of `list_threads`."""
-    check_page_size(limit)
+    """Check the arguments of `list_threads`: a page holds at least one thread."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a whole number of at least 1, not {limit!r}")
     for name, value in (("agent", agent), ("cursor", cursor)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be text, not {value!r}")
 
 
 def check_history_args(
-    thread_id: Any, limit: Any, before: Any
-) -> tuple[str, str | None]:
-    """Check a history read's arguments; return its thread id and `before`."""
+    thread_id: Any, limit: Any, before: Any, checkpoint_ns: Any
+) -> tuple[str, str | None, str]:
+    """Check a history read's arguments; return its thread, `before` and namespace."""
     check_limit(limit)
-    return check_thread_id(thread_id), check_checkpoint_id(before, "before")
+    return (
+        check_thread_id(thread_id),
+        check_checkpoint_id(before, "before"),
+        check_namespace(checkpoint_ns),
+    )
 
 
 def check_state_args(thread_id: Any, checkpoint_id: Any) -> tuple[str, str | None]:
     """Check a state read's arguments; return them as text."""
     return check_thread_id(thread_id), check_checkpoint_id(checkpoint_id)
-
-
-def check_page_size(limit: Any) -> int:
-    """Return the size of a page of threads, refusing anything but a count >= 1."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a whole number of at least 1, not {limit!r}")
-    return limit
 
 
 def check_filter_keys(filter: dict[str, Any] | None) -> dict[str, Any]:
@@ -446,8 +444,9 @@ class BaseSaver(ABC):
         """Return the thread's states newest first, read without its agent."""
         from agentmatic.checkpoint.reading import history
 
-        thread_id, before = check_history_args(thread_id, limit, before)
-        checkpoint_ns = check_namespace(checkpoint_ns)
+        thread_id, before, checkpoint_ns = check_history_args(
+            thread_id, limit, before, checkpoint_ns
+        )
         return history(
             self,
             thread_id,

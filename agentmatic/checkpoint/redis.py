@@ -1028,8 +1028,9 @@ class RedisSaver(BaseSaver):
         With ``values=False`` only the summaries kept beside each checkpoint
         are read, a page of 128 per command: no checkpoint, no message.
         """
-        thread_id, before = check_history_args(thread_id, limit, before)
-        checkpoint_ns = check_namespace(checkpoint_ns)
+        thread_id, before, checkpoint_ns = check_history_args(
+            thread_id, limit, before, checkpoint_ns
+        )
         if values:
             return super().get_state_history(
                 thread_id,

@@ -122,20 +122,10 @@ def compact_sync(
     if isinstance(saver_or_url, str):
         saver = open_saver(saver_or_url)
         try:
-            return _compact_with(saver, retention_days, now, legal_holds, archive)
+            return _compact(saver, retention_days, now, legal_holds, archive)
         finally:
             saver.close()
-    return _compact_with(saver_or_url, retention_days, now, legal_holds, archive)
-
-
-def _compact_with(
-    saver: BaseSaver,
-    retention_days: int,
-    now: dt.datetime | None,
-    legal_holds: Iterable[str],
-    archive: Archive | None,
-) -> CompactReport:
-    return _compact(saver, retention_days, now, legal_holds, archive)
+    return _compact(saver_or_url, retention_days, now, legal_holds, archive)
 
 
 def open_saver(url: str) -> BaseSaver:

@@ -1389,8 +1389,9 @@ class S3Saver(BaseSaver):
         With ``values=False`` only the namespace's index is read (one request
         per page of entries plus one): no checkpoint or write object.
         """
-        thread_id, before = check_history_args(thread_id, limit, before)
-        checkpoint_ns = check_namespace(checkpoint_ns)
+        thread_id, before, checkpoint_ns = check_history_args(
+            thread_id, limit, before, checkpoint_ns
+        )
         if values:
             return super().get_state_history(
                 thread_id,

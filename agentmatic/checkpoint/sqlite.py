@@ -1069,8 +1069,9 @@ class SQLiteSaver(BaseSaver):
         With ``values=False`` only the index and the interrupt, decision and
         error writes are read; no checkpoint or message is decoded.
         """
-        thread_id, before = check_history_args(thread_id, limit, before)
-        checkpoint_ns = check_namespace(checkpoint_ns)
+        thread_id, before, checkpoint_ns = check_history_args(
+            thread_id, limit, before, checkpoint_ns
+        )
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
         self._catch_up_thread(thread_id, checkpoint_ns)

@@ -2073,8 +2073,9 @@ class PostgresSaver(BaseSaver):
         With ``values=False`` only checkpoint rows and the writes a timeline
         needs are decoded: no channel value is read.
         """
-        thread_id, before = check_history_args(thread_id, limit, before)
-        checkpoint_ns = check_namespace(checkpoint_ns)
+        thread_id, before, checkpoint_ns = check_history_args(
+            thread_id, limit, before, checkpoint_ns
+        )
         if not values:
             return self._light_history(thread_id, checkpoint_ns, limit, before)
         config = thread_config(thread_id, checkpoint_ns=checkpoint_ns)
