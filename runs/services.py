@@ -362,20 +362,30 @@ def execute_run(run_id: str) -> str:
     run.status = status_of(state)
     run.checkpoint_id = state.checkpoint_id
     run.finished_at = timezone.now()
-    run.save(update_fields=["status", "checkpoint_id", "finished_at"])
-    _touch_thread(run.thread_id, run.agent, run.status, step=state.step)
+    # The status and what listeners record of it (the calls waiting for a
+    # decision) commit together: nobody sees "waiting" without its calls.
+    with transaction.atomic():
+        run.save(update_fields=["status", "checkpoint_id", "finished_at"])
+        _touch_thread(run.thread_id, run.agent, run.status, step=state.step)
+        _notify(run, state)
     log.info("run %s on thread %s: %s", run_id, run.thread_id, run.status)
-    _announce(run, state)
+    publish(run.thread_id, {"status": run.status, "run_id": str(run.id)})
     return run.status
 
 
 def _announce(run: Run, state: State | None) -> None:
     """Tell listeners in this process and watchers in browsers about the run."""
-    try:
-        run_changed.send(sender=Run, run=run, state=state)
-    except Exception:  # a listener's bug must never fail the run itself
-        log.exception("a run_changed listener failed for run %s", run.id)
+    _notify(run, state)
     publish(run.thread_id, {"status": run.status, "run_id": str(run.id)})
+
+
+def _notify(run: Run, state: State | None) -> None:
+    """Tell listeners in this process; a listener's failure never fails the run."""
+    try:
+        with transaction.atomic():
+            run_changed.send(sender=Run, run=run, state=state)
+    except Exception:
+        log.exception("a run_changed listener failed for run %s", run.id)
 
 
 def _perform(agent: Agent, run: Run) -> State:
