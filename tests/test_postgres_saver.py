@@ -284,6 +284,160 @@ def test_concurrent_writers_on_one_head_give_one_winner(pg_url):
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
 
 
+def _carried(pg_url: str, checkpoint_id: str) -> list[tuple]:
+    """The rows carrying writes of `checkpoint_id`: (row id, task, channel)."""
+    return sql(
+        pg_url,
+        "SELECT checkpoint_id, w_task, w_channel FROM agentmatic_checkpoints "
+        "WHERE parent_checkpoint_id = %s AND w_task IS NOT NULL",
+        (checkpoint_id,),
+    )
+
+
+def _carried_step(saver: PostgresSaver, pg_url: str) -> tuple:
+    """Store a step of one task after thread t's head; return head and step."""
+    head, step = _head_and_next_step(saver)
+    saver.put_step(
+        head.config,
+        [("task-a", "", [("x", 1), ("y", 2)])],
+        step,
+        {},
+        {"x": step["channel_versions"]["x"]},
+    )
+    return head, step
+
+
+def test_a_step_of_one_task_keeps_its_writes_in_the_next_row(saver, pg_url):
+    head, step = _carried_step(saver, pg_url)
+    parent = head.checkpoint["id"]
+    assert _carried(pg_url, parent) == [(step["id"], "task-a", "x")]
+    assert _write_rows(pg_url, parent) == []
+    assert saver.get_tuple(head.config).pending_writes == [
+        ("task-a", "x", 1),
+        ("task-a", "y", 2),
+    ]
+    assert [w for w in saver.list(cfg("t"), limit=2)][1].pending_writes == [
+        ("task-a", "x", 1),
+        ("task-a", "y", 2),
+    ]
+    # A copy of the thread carries them too.
+    saver.copy_thread("t", "copy")
+    assert saver.get_tuple(cfg("copy", parent)).pending_writes == [
+        ("task-a", "x", 1),
+        ("task-a", "y", 2),
+    ]
+
+
+def test_deleting_the_row_that_carries_writes_keeps_them(saver, pg_url):
+    head, step = _carried_step(saver, pg_url)
+    parent = head.checkpoint["id"]
+    # The seed's retention is plain SQL: the trigger copies the writes out.
+    sql(
+        pg_url,
+        "DELETE FROM agentmatic_checkpoints WHERE checkpoint_id = %s",
+        (step["id"],),
+    )
+    assert _write_rows(pg_url, parent) == [("task-a", 0, "x")]
+    assert saver.get_tuple(head.config).pending_writes == [
+        ("task-a", "x", 1),
+        ("task-a", "y", 2),
+    ]
+
+
+def test_a_checkpoint_stored_between_a_parent_and_its_carrier_moves_its_writes(
+    saver, pg_url
+):
+    from agentmatic import ids
+
+    head, _step = _head_and_next_step(saver)
+    parent = head.checkpoint["id"]
+    between = ids.checkpoint_id(after=parent)
+    step = _step_checkpoint(dict(head.checkpoint, id=between), 1)
+    saver.put_step(
+        head.config,
+        [("task-a", "", [("x", 1), ("y", 2)])],
+        step,
+        {},
+        {"x": step["channel_versions"]["x"]},
+    )
+    assert _carried(pg_url, parent) == [(step["id"], "task-a", "x")]
+    # A branch from an older checkpoint whose id (a lagging clock) sorts
+    # between the parent and the row carrying its writes.
+    older = saver.get_state_history("t")[3]
+    lagging = dict(head.checkpoint, id=between)
+    saver.put(cfg("t", older.checkpoint_id), lagging, {"step": 5}, {})
+    assert parent < between < step["id"]
+    assert _write_rows(pg_url, parent) == [("task-a", 0, "x")]
+    assert saver.get_tuple(head.config).pending_writes == [
+        ("task-a", "x", 1),
+        ("task-a", "y", 2),
+    ]
+    listed = {
+        t.checkpoint["id"]: t.pending_writes for t in saver.list(cfg("t"), limit=100)
+    }
+    assert listed[parent] == [("task-a", "x", 1), ("task-a", "y", 2)]
+    assert listed[between] == []
+
+
+def test_a_late_write_of_a_task_whose_writes_ride_ahead_keeps_the_first(saver, pg_url):
+    head, _step = _carried_step(saver, pg_url)
+    saver.put_writes(head.config, [("x", "late"), ("y", "late"), ("z", 3)], "task-a")
+    saver.put_writes(head.config, [("__error__", "boom")], "task-a")
+    assert sorted(saver.get_tuple(head.config).pending_writes) == [
+        ("task-a", "__error__", "boom"),
+        ("task-a", "x", 1),
+        ("task-a", "y", 2),
+        ("task-a", "z", 3),
+    ]
+    # The task run again from the same parent, on a branch, keeps its first
+    # result too.
+    again = _step_checkpoint(head.checkpoint, 2)
+    saver.put_step(
+        head.config,
+        [("task-a", "", [("x", "again")])],
+        again,
+        {},
+        {"x": again["channel_versions"]["x"]},
+    )
+    written = {(t, c): v for t, c, v in saver.get_tuple(head.config).pending_writes}
+    assert written[("task-a", "x")] == 1
+
+
+def test_writes_stored_in_their_own_rows_read_the_same(saver, pg_url):
+    # A database written before migration 7 keeps every write in
+    # agentmatic_writes; readers take either.
+    agent, _ = build(saver)
+    ask(agent, "t", "Refund $250")
+    agent.approve(cfg("t"), actor="ops-1")
+    run_loop(saver, "loop", 80)
+    before = {
+        t: (saver.get_state_history(t), saver.get_state_history(t, values=False))
+        for t in ("t", "loop")
+    }
+    moved = sql(
+        pg_url,
+        "WITH moved AS (INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
+        "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
+        "segment) SELECT thread_id, checkpoint_ns, parent_checkpoint_id, w_task, "
+        "w_idx, w_channel, w_type, w_blob, w_extra, w_path, segment "
+        "FROM agentmatic_checkpoints WHERE w_task IS NOT NULL RETURNING 1) "
+        "SELECT count(*) FROM moved",
+    )[0][0]
+    sql(
+        pg_url,
+        "UPDATE agentmatic_checkpoints SET w_task = NULL, w_path = NULL, "
+        "w_idx = NULL, w_channel = NULL, w_type = NULL, w_blob = NULL, "
+        "w_extra = NULL",
+    )
+    assert moved > 80
+    saver._memos.clear()
+    after = {
+        t: (saver.get_state_history(t), saver.get_state_history(t, values=False))
+        for t in ("t", "loop")
+    }
+    assert after == before
+
+
 def _new_id() -> str:
     from agentmatic import ids
 
@@ -295,14 +449,16 @@ def _new_id() -> str:
 
 def test_a_step_stores_only_the_message_it_added(saver, pg_url):
     run_loop(saver, "t", 150)
-    rows = sql(
-        pg_url,
-        "SELECT count(*) FROM agentmatic_writes WHERE channel = 'messages'",
-    )
     checkpoints = sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints")[0][0]
-    # One message write per step; no checkpoint row holds the log between
-    # snapshots, and snapshots share their chunks.
-    assert rows[0][0] == checkpoints - 1
+    # One message write per step, each riding in the step's checkpoint row; no
+    # checkpoint row holds the log between snapshots, and snapshots share
+    # their chunks.
+    carried = sql(
+        pg_url,
+        "SELECT count(*) FROM agentmatic_checkpoints WHERE w_channel = 'messages'",
+    )
+    assert carried[0][0] == checkpoints - 1
+    assert sql(pg_url, "SELECT count(*) FROM agentmatic_writes") == [(0,)]
     blobs = sql(
         pg_url,
         "SELECT count(*) FROM agentmatic_blobs WHERE channel = 'messages'",
@@ -686,7 +842,7 @@ def test_a_database_at_migration_five_gets_the_summary_column(pg_url):
             conn.execute(migration)
             conn.execute("INSERT INTO agentmatic_migrations (v) VALUES (%s)", (number,))
     saver = PostgresSaver(pg_url)
-    assert saver.setup() == [6]
+    assert saver.setup() == [6, 7]
     agent, _ = build(saver)
     ask(agent, "t", "Refund $40")
     assert saver.get_state("t", values=False).next == ()
