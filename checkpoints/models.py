@@ -152,7 +152,7 @@ class StoredCheckpoint(models.Model):
     light = models.BinaryField(null=True)
     # The writes of the one task that ran from the parent, when they ride in
     # this row rather than in agentmatic_writes (see StoredWrite).
-    w_task = models.TextField(null=True)  # noqa: DJ001
+    w_task = models.UUIDField(null=True)
     w_path = models.TextField(null=True)  # noqa: DJ001
     w_idx = models.IntegerField(null=True)
     w_channel = models.TextField(null=True)  # noqa: DJ001

@@ -284,22 +284,26 @@ def test_concurrent_writers_on_one_head_give_one_winner(pg_url):
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
 
 
+# Task ids are uuids, as both runtimes make them.
+TASK = "4c5103b9-85ba-5351-a831-7911d512560d"
+
+
 def _carried(pg_url: str, checkpoint_id: str) -> list[tuple]:
     """The rows carrying writes of `checkpoint_id`: (row id, task, channel)."""
     return sql(
         pg_url,
-        "SELECT checkpoint_id, w_task, w_channel FROM agentmatic_checkpoints "
+        "SELECT checkpoint_id, w_task::text, w_channel FROM agentmatic_checkpoints "
         "WHERE parent_checkpoint_id = %s AND w_task IS NOT NULL",
         (checkpoint_id,),
     )
 
 
-def _carried_step(saver: PostgresSaver, pg_url: str) -> tuple:
+def _carried_step(saver: PostgresSaver, pg_url: str, task_id: str = TASK) -> tuple:
     """Store a step of one task after thread t's head; return head and step."""
     head, step = _head_and_next_step(saver)
     saver.put_step(
         head.config,
-        [("task-a", "", [("x", 1), ("y", 2)])],
+        [(task_id, "", [("x", 1), ("y", 2)])],
         step,
         {},
         {"x": step["channel_versions"]["x"]},
@@ -310,21 +314,34 @@ def _carried_step(saver: PostgresSaver, pg_url: str) -> tuple:
 def test_a_step_of_one_task_keeps_its_writes_in_the_next_row(saver, pg_url):
     head, step = _carried_step(saver, pg_url)
     parent = head.checkpoint["id"]
-    assert _carried(pg_url, parent) == [(step["id"], "task-a", "x")]
+    assert _carried(pg_url, parent) == [(step["id"], TASK, "x")]
     assert _write_rows(pg_url, parent) == []
     assert saver.get_tuple(head.config).pending_writes == [
-        ("task-a", "x", 1),
-        ("task-a", "y", 2),
+        (TASK, "x", 1),
+        (TASK, "y", 2),
     ]
     assert [w for w in saver.list(cfg("t"), limit=2)][1].pending_writes == [
-        ("task-a", "x", 1),
-        ("task-a", "y", 2),
+        (TASK, "x", 1),
+        (TASK, "y", 2),
     ]
     # A copy of the thread carries them too.
     saver.copy_thread("t", "copy")
     assert saver.get_tuple(cfg("copy", parent)).pending_writes == [
-        ("task-a", "x", 1),
-        ("task-a", "y", 2),
+        (TASK, "x", 1),
+        (TASK, "y", 2),
+    ]
+
+
+def test_a_task_whose_id_is_not_a_uuid_keeps_its_writes_in_their_own_rows(
+    saver, pg_url
+):
+    head, _step = _carried_step(saver, pg_url, task_id="Task-A")
+    parent = head.checkpoint["id"]
+    assert _carried(pg_url, parent) == []
+    assert _write_rows(pg_url, parent) == [("Task-A", 0, "x")]
+    assert saver.get_tuple(head.config).pending_writes == [
+        ("Task-A", "x", 1),
+        ("Task-A", "y", 2),
     ]
 
 
@@ -337,10 +354,10 @@ def test_deleting_the_row_that_carries_writes_keeps_them(saver, pg_url):
         "DELETE FROM agentmatic_checkpoints WHERE checkpoint_id = %s",
         (step["id"],),
     )
-    assert _write_rows(pg_url, parent) == [("task-a", 0, "x")]
+    assert _write_rows(pg_url, parent) == [(TASK, 0, "x")]
     assert saver.get_tuple(head.config).pending_writes == [
-        ("task-a", "x", 1),
-        ("task-a", "y", 2),
+        (TASK, "x", 1),
+        (TASK, "y", 2),
     ]
 
 
@@ -355,52 +372,52 @@ def test_a_checkpoint_stored_between_a_parent_and_its_carrier_moves_its_writes(
     step = _step_checkpoint(dict(head.checkpoint, id=between), 1)
     saver.put_step(
         head.config,
-        [("task-a", "", [("x", 1), ("y", 2)])],
+        [(TASK, "", [("x", 1), ("y", 2)])],
         step,
         {},
         {"x": step["channel_versions"]["x"]},
     )
-    assert _carried(pg_url, parent) == [(step["id"], "task-a", "x")]
+    assert _carried(pg_url, parent) == [(step["id"], TASK, "x")]
     # A branch from an older checkpoint whose id (a lagging clock) sorts
     # between the parent and the row carrying its writes.
     older = saver.get_state_history("t")[3]
     lagging = dict(head.checkpoint, id=between)
     saver.put(cfg("t", older.checkpoint_id), lagging, {"step": 5}, {})
     assert parent < between < step["id"]
-    assert _write_rows(pg_url, parent) == [("task-a", 0, "x")]
+    assert _write_rows(pg_url, parent) == [(TASK, 0, "x")]
     assert saver.get_tuple(head.config).pending_writes == [
-        ("task-a", "x", 1),
-        ("task-a", "y", 2),
+        (TASK, "x", 1),
+        (TASK, "y", 2),
     ]
     listed = {
         t.checkpoint["id"]: t.pending_writes for t in saver.list(cfg("t"), limit=100)
     }
-    assert listed[parent] == [("task-a", "x", 1), ("task-a", "y", 2)]
+    assert listed[parent] == [(TASK, "x", 1), (TASK, "y", 2)]
     assert listed[between] == []
 
 
 def test_a_late_write_of_a_task_whose_writes_ride_ahead_keeps_the_first(saver, pg_url):
     head, _step = _carried_step(saver, pg_url)
-    saver.put_writes(head.config, [("x", "late"), ("y", "late"), ("z", 3)], "task-a")
-    saver.put_writes(head.config, [("__error__", "boom")], "task-a")
+    saver.put_writes(head.config, [("x", "late"), ("y", "late"), ("z", 3)], TASK)
+    saver.put_writes(head.config, [("__error__", "boom")], TASK)
     assert sorted(saver.get_tuple(head.config).pending_writes) == [
-        ("task-a", "__error__", "boom"),
-        ("task-a", "x", 1),
-        ("task-a", "y", 2),
-        ("task-a", "z", 3),
+        (TASK, "__error__", "boom"),
+        (TASK, "x", 1),
+        (TASK, "y", 2),
+        (TASK, "z", 3),
     ]
     # The task run again from the same parent, on a branch, keeps its first
     # result too.
     again = _step_checkpoint(head.checkpoint, 2)
     saver.put_step(
         head.config,
-        [("task-a", "", [("x", "again")])],
+        [(TASK, "", [("x", "again")])],
         again,
         {},
         {"x": again["channel_versions"]["x"]},
     )
     written = {(t, c): v for t, c, v in saver.get_tuple(head.config).pending_writes}
-    assert written[("task-a", "x")] == 1
+    assert written[(TASK, "x")] == 1
 
 
 def test_writes_stored_in_their_own_rows_read_the_same(saver, pg_url):

@@ -163,8 +163,8 @@ WRITE = "checkpoint_id, task_id, channel, type, blob, task_path, idx, extra"
 # A task's writes carried in its parent's next checkpoint (migration 7), read
 # as a row of `WRITE`: they belong to that checkpoint's parent.
 CARRIED = (
-    "c.parent_checkpoint_id, c.w_task, c.w_channel, c.w_type, c.w_blob, c.w_path, "
-    "c.w_idx, c.w_extra"
+    "c.parent_checkpoint_id, c.w_task::text, c.w_channel, c.w_type, c.w_blob, "
+    "c.w_path, c.w_idx, c.w_extra"
 )
 # The next checkpoint after each of a list of ids (`x.id`), as `c`.
 NEXT_OF_EACH = (
@@ -1002,7 +1002,7 @@ class PostgresSaver(BaseSaver):
         regular: builtins.list[tuple[int, str, str, bytes]],
     ) -> None:
         carried = conn.execute(
-            f"SELECT c.w_idx {NEXT_OF_EACH} AND c.w_task = %s",
+            f"SELECT c.w_idx {NEXT_OF_EACH} AND c.w_task::text = %s",
             ([checkpoint_id], thread_id, ns, task_id),
         ).fetchall()
         if carried:
@@ -1292,7 +1292,7 @@ class PostgresSaver(BaseSaver):
         carried_args: builtins.list[Any] = [list(ids), thread_id, ns]
         if task_id is not None:
             stored += " AND task_id = %s"
-            carried += " AND c.w_task = %s"
+            carried += " AND c.w_task::text = %s"
             stored_args.append(task_id)
             carried_args.append(task_id)
         if channel is not None:
@@ -2650,7 +2650,7 @@ def _timeline_columns(checkpoint_id: str, prefix: str) -> str:
     """
     channel, type_ = f"{prefix}channel", f"{prefix}type"
     blob, extra = f"{prefix}blob", f"{prefix}extra"
-    task = f"{prefix}task" if prefix else "task_id"
+    task = f"{prefix}task::text" if prefix else "task_id"
     path = f"{prefix}path" if prefix else "task_path"
     shown = f"{channel} = ANY(%s::text[]) OR ({channel} = %s AND {{on}})"
     return (

@@ -12,13 +12,16 @@ The tables, in short:
   checkpoint itself is stored without its large channel values (those live
   in ``agentmatic_blobs``); step, source, actor, run id and the time of
   the write have columns of their own (and are not repeated in the
-  metadata), and the rest of the metadata is ``jsonb`` for filters.
+  metadata), and the rest of the metadata is ``jsonb`` for filters. The
+  ``w_`` columns carry the writes of the one task that ran from the parent
+  (migration 7), laid out as a row of ``agentmatic_writes``.
 - ``agentmatic_writes``: the writes of the tasks that ran from a checkpoint,
   one row per task and call (the first write in the columns, the others in
-  ``extra``) plus one row per special-channel write (errors, interrupts).
-  No foreign key ties them to their checkpoint: a delta channel's value (the
-  message log) is its nearest snapshot plus the writes since, so they must
-  outlive a checkpoint row deleted by a plain ``DELETE``.
+  ``extra``) plus one row per special-channel write (errors, interrupts),
+  unless the next checkpoint carries them. No foreign key ties them to
+  their checkpoint: a delta channel's value (the message log) is its
+  nearest snapshot plus the writes since, so they must outlive a checkpoint
+  row deleted by a plain ``DELETE`` (a trigger copies carried writes here).
 - ``agentmatic_blobs``: channel values, keyed by thread, namespace, channel,
   version and segment, owned by no checkpoint row. A list is stored as
   hashed chunks plus a tail, or as the items it appends to an earlier
@@ -520,16 +523,17 @@ MIGRATIONS: list[str] = [
     $$
     """,
     # 7: a step's result rides in its child's row. When a step ran one task
-    # and its child is the next checkpoint after its parent, the task's
-    # writes are stored in the child's `w_` columns instead of a row of
-    # agentmatic_writes: one row and one index entry less per step. They
+    # (with a uuid for its id) and its child is the next checkpoint after its
+    # parent, the task's writes are stored in the child's `w_` columns
+    # instead of a row of agentmatic_writes: one row and one index entry less
+    # per step. They
     # belong to the parent (`parent_checkpoint_id`); readers take them from
     # the parent's next checkpoint. Whenever that stops holding (the child
     # is deleted, or a checkpoint is stored between the two) they are copied
     # to agentmatic_writes, which readers prefer.
     """
     ALTER TABLE agentmatic_checkpoints
-        ADD COLUMN w_task text, ADD COLUMN w_path text, ADD COLUMN w_idx integer,
+        ADD COLUMN w_task uuid, ADD COLUMN w_path text, ADD COLUMN w_idx integer,
         ADD COLUMN w_channel text, ADD COLUMN w_type text, ADD COLUMN w_blob bytea,
         ADD COLUMN w_extra bytea;
     CREATE FUNCTION agentmatic_detach_writes() RETURNS trigger
@@ -538,7 +542,7 @@ MIGRATIONS: list[str] = [
         INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id,
             task_id, idx, channel, type, blob, extra, task_path, segment,
             created_at)
-        SELECT g.thread_id, g.checkpoint_ns, g.parent_checkpoint_id, g.w_task,
+        SELECT g.thread_id, g.checkpoint_ns, g.parent_checkpoint_id, g.w_task::text,
             g.w_idx, g.w_channel, g.w_type, g.w_blob, g.w_extra, g.w_path,
             g.segment, g.created_at
         FROM gone g WHERE g.w_task IS NOT NULL
@@ -619,8 +623,11 @@ MIGRATIONS: list[str] = [
         IF w_task IS NOT NULL THEN
             -- One task's result rides in the child's row when the child is
             -- the parent's next checkpoint and the task stored nothing there.
+            -- Its id, a uuid as both runtimes make them, is stored as one.
             v_carry := coalesce(v_linear, false) AND cardinality(w_task) = 1
                 AND coalesce(w_idx[1] >= 0, false)
+                AND w_task[1] ~ ('^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-'
+                    '[0-9a-f]{4}-[0-9a-f]{12}$')
                 AND NOT EXISTS (
                     SELECT 1 FROM agentmatic_checkpoints c
                     WHERE c.thread_id = p_thread AND c.checkpoint_ns = p_ns
@@ -637,7 +644,8 @@ MIGRATIONS: list[str] = [
             INSERT INTO agentmatic_writes (thread_id, checkpoint_ns,
                 checkpoint_id, task_id, idx, channel, type, blob, extra,
                 task_path, segment, created_at)
-            SELECT n.thread_id, n.checkpoint_ns, n.parent_checkpoint_id, n.w_task,
+            SELECT n.thread_id, n.checkpoint_ns, n.parent_checkpoint_id,
+                n.w_task::text,
                 n.w_idx, n.w_channel, n.w_type, n.w_blob, n.w_extra, n.w_path,
                 n.segment, n.created_at
             FROM (
@@ -659,7 +667,7 @@ MIGRATIONS: list[str] = [
                     ORDER BY c.checkpoint_id LIMIT 1
                 ) n
                 WHERE n.parent_checkpoint_id = p_parent
-                    AND n.w_task = ANY(agentmatic_put.w_task)
+                    AND n.w_task::text = ANY(agentmatic_put.w_task)
             ) THEN
                 RAISE EXCEPTION 'a task of this step stored a result before'
                     USING ERRCODE = 'AM001';
@@ -714,7 +722,7 @@ MIGRATIONS: list[str] = [
         VALUES (p_thread, p_ns, p_id, p_parent, v_segment,
             coalesce(p_created_at, now()), p_step, p_source, p_actor, p_run_id,
             p_type, p_checkpoint, p_metadata, p_light,
-            CASE WHEN v_carry THEN w_task[1] END,
+            CASE WHEN v_carry THEN w_task[1]::uuid END,
             CASE WHEN v_carry THEN w_path[1] END,
             CASE WHEN v_carry THEN w_idx[1] END,
             CASE WHEN v_carry THEN w_channel[1] END,
