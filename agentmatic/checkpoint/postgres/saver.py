@@ -1001,22 +1001,11 @@ class PostgresSaver(BaseSaver):
         rows: builtins.list[tuple[int, str, str, bytes, bytes | None]],
         regular: builtins.list[tuple[int, str, str, bytes]],
     ) -> None:
-        carried = conn.execute(
-            f"SELECT c.w_idx {NEXT_OF_EACH} AND c.w_task::text = %s",
-            ([checkpoint_id], thread_id, ns, task_id),
-        ).fetchall()
-        if carried:
-            # The task's result rides in the next checkpoint: as for a result
-            # stored before, only special writes and unfilled slots go in.
-            rows = [r for r in rows if r[0] < 0]
-            if regular:
-                self._store_surplus(
-                    conn, thread_id, ns, checkpoint_id, task_id, task_path, regular
-                )
-            if not rows:
-                return
-            regular = []
+        # A task whose result rides in the next checkpoint is treated as one
+        # that stored it before: only special writes go in here, and
+        # `_store_surplus` adds the slots it left unfilled.
         stored = conn.execute(
+            f"WITH ahead AS (SELECT 1 {NEXT_OF_EACH} AND c.w_task::text = %s) "
             "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
             "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
             "segment) SELECT %s, %s, %s, %s, w.idx, w.channel, w.type, w.blob, "
@@ -1024,11 +1013,16 @@ class PostgresSaver(BaseSaver):
             "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s) "
             "FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bytea[], "
             "%s::bytea[]) AS w(idx, channel, type, blob, extra) "
+            "WHERE w.idx < 0 OR NOT EXISTS (SELECT 1 FROM ahead) "
             "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
             "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, "
             "blob = EXCLUDED.blob, task_path = EXCLUDED.task_path "
             "WHERE EXCLUDED.idx < 0 RETURNING idx",
             (
+                [checkpoint_id],
+                thread_id,
+                ns,
+                task_id,
                 thread_id,
                 ns,
                 checkpoint_id,
