@@ -455,6 +455,87 @@ def test_writes_stored_in_their_own_rows_read_the_same(saver, pg_url):
     assert after == before
 
 
+def test_a_saver_that_does_not_ask_stores_every_write_in_its_own_row(saver, pg_url):
+    # An older Agentmatic calls agentmatic_put without `p_carry`: it reads
+    # only agentmatic_writes, so nothing may ride ahead for it.
+    saver.carry_writes = False
+    head, _step = _carried_step(saver, pg_url)
+    arguments = sql(
+        pg_url,
+        "SELECT pg_get_function_arguments(oid) FROM pg_proc "
+        "WHERE proname = 'agentmatic_put'",
+    )
+    assert [a.endswith("p_carry boolean DEFAULT false") for (a,) in arguments] == [True]
+    assert _carried(pg_url, head.checkpoint["id"]) == []
+    assert _write_rows(pg_url, head.checkpoint["id"]) == [(TASK, 0, "x")]
+
+
+def test_a_database_newer_than_the_code_is_refused(pg_url):
+    with PostgresSaver(pg_url) as first:
+        first.setup()
+    sql(pg_url, "INSERT INTO agentmatic_migrations (v) VALUES (%s)", (LATEST + 1,))
+    with (
+        PostgresSaver(pg_url) as late,
+        pytest.raises(ConfigurationError, match="newer than this Agentmatic knows"),
+    ):
+        late.get_tuple(cfg("t"))
+
+
+def test_a_deleted_checkpoints_writes_leave_the_row_that_carried_them(saver, pg_url):
+    head, step = _carried_step(saver, pg_url)
+    parent = head.checkpoint["id"]
+    assert saver.delete_checkpoints("t", "", [parent]) == 1
+    assert _carried(pg_url, parent) == []
+    assert _write_rows(pg_url, parent) == []
+    assert saver.get_tuple(cfg("t", step["id"])) is not None
+    # Stored again (a restore), it has no writes of the one deleted.
+    saver.put(
+        head.parent_config or cfg("t"),
+        head.checkpoint,
+        head.metadata,
+        {},
+    )
+    assert saver.get_tuple(head.config).pending_writes == []
+
+
+def test_a_step_waits_for_a_late_write_of_its_task_in_progress(saver, pg_url):
+    head, step = _head_and_next_step(saver)
+    paused, go = threading.Event(), threading.Event()
+    original = saver._insert_writes
+
+    def slow_insert(conn, *args):
+        conn.execute("SELECT 1").fetchall()  # the thread's row is held now
+        paused.set()
+        go.wait(10)
+        return original(conn, *args)
+
+    saver._insert_writes = slow_insert
+    late = threading.Thread(
+        target=saver.put_writes, args=(head.config, [("x", "late-x")], TASK)
+    )
+    late.start()
+    assert paused.wait(10)
+    saver._insert_writes = original
+    stepping = threading.Thread(
+        target=saver.put_step,
+        args=(
+            head.config,
+            [(TASK, "", [("x", "step-x"), ("y", "step-y")])],
+            step,
+            {},
+            {"x": step["channel_versions"]["x"]},
+        ),
+    )
+    stepping.start()
+    stepping.join(0.5)
+    assert stepping.is_alive()  # waiting for the late write's transaction
+    go.set()
+    late.join(10)
+    stepping.join(10)
+    written = {(t, c): v for t, c, v in saver.get_tuple(head.config).pending_writes}
+    assert written == {(TASK, "x"): "late-x", (TASK, "y"): "step-y"}
+
+
 def _new_id() -> str:
     from agentmatic import ids
 

@@ -282,6 +282,11 @@ class PostgresSaver(BaseSaver):
     that runs it in a worker thread.
     """
 
+    # Whether a step of one task keeps its writes in its child's row (see
+    # migration 7). Older savers never ask for it, and read only
+    # agentmatic_writes.
+    carry_writes = True
+
     def __init__(
         self,
         url: str,
@@ -367,6 +372,12 @@ class PostgresSaver(BaseSaver):
                         "SELECT coalesce(max(v), 0) FROM agentmatic_migrations"
                     ).fetchone()
                     current = int(got[0]) if got else 0
+            if current > LATEST:
+                raise ConfigurationError(
+                    f"the checkpoint schema at {_redact(self.url)} is at migration "
+                    f"{current}, newer than this Agentmatic knows ({LATEST}): "
+                    "upgrade Agentmatic before using this database"
+                )
             if current < LATEST:
                 self.setup()
             self._ready = True
@@ -740,8 +751,8 @@ class PostgresSaver(BaseSaver):
             # the tasks' writes
             "%s::text[], %s::text[], %s::integer[], %s::text[], %s::text[], "
             "%s::bytea[], %s::bytea[], "
-            # the timeline's summary
-            "%s)"
+            # the timeline's summary; whether a task's writes may ride along
+            "%s, %s)"
         )
         params = (
             write.thread_id,
@@ -773,6 +784,7 @@ class PostgresSaver(BaseSaver):
             list(plan.chunks.values()) if plan.chunks else None,
             *(step_writes.columns() if step_writes else (None,) * 7),
             light,
+            self.carry_writes and step_writes is not None,
         )
         try:
             row = conn.execute(sql, params).fetchone()
@@ -902,7 +914,14 @@ class PostgresSaver(BaseSaver):
         if not writes:
             return
         rows, regular = self._prepare_writes(writes)
-        with self._conn() as conn:
+        with self._conn() as conn, conn.pipeline(), conn.transaction():
+            # A step storing its writes ahead in the next checkpoint holds the
+            # thread's row: wait for it, so either sees the other's writes.
+            conn.execute(
+                "SELECT 1 FROM agentmatic_threads WHERE thread_id = %s "
+                "AND checkpoint_ns = %s FOR SHARE",
+                (thread_id, ns),
+            )
             self._insert_writes(
                 conn, thread_id, ns, checkpoint_id, task_id, task_path, rows, regular
             )
@@ -952,6 +971,8 @@ class PostgresSaver(BaseSaver):
             if one_statement and self._put(conn, write, expected_head, together):
                 return thread_config(thread_id, cid, ns)
             with conn.transaction():
+                # The thread's row first, as the one-statement path takes it.
+                self._lock_thread(conn, thread_id, ns, False)
                 for task_id, task_path, rows, regular in prepared:
                     self._insert_writes(
                         conn,

@@ -530,7 +530,8 @@ MIGRATIONS: list[str] = [
     # belong to the parent (`parent_checkpoint_id`); readers take them from
     # the parent's next checkpoint. Whenever that stops holding (the child
     # is deleted, or a checkpoint is stored between the two) they are copied
-    # to agentmatic_writes, which readers prefer.
+    # to agentmatic_writes, which readers prefer; when the parent is deleted
+    # they move there, leaving the child's columns empty.
     """
     ALTER TABLE agentmatic_checkpoints
         ADD COLUMN w_task uuid, ADD COLUMN w_path text, ADD COLUMN w_idx integer,
@@ -547,6 +548,35 @@ MIGRATIONS: list[str] = [
             g.segment, g.created_at
         FROM gone g WHERE g.w_task IS NOT NULL
         ON CONFLICT DO NOTHING;
+        -- A deleted checkpoint's own writes riding in a remaining row leave it
+        -- too, as they would have stayed in agentmatic_writes: deleting
+        -- them there (or collecting them) is up to the deleter.
+        WITH moved AS (
+            SELECT c.* FROM gone g CROSS JOIN LATERAL (
+                SELECT n.* FROM agentmatic_checkpoints n
+                WHERE n.thread_id = g.thread_id
+                    AND n.checkpoint_ns = g.checkpoint_ns
+                    AND n.checkpoint_id > g.checkpoint_id
+                ORDER BY n.checkpoint_id LIMIT 1
+            ) c
+            WHERE c.parent_checkpoint_id = g.checkpoint_id
+                AND c.w_task IS NOT NULL
+        ), copied AS (
+            INSERT INTO agentmatic_writes (thread_id, checkpoint_ns,
+                checkpoint_id, task_id, idx, channel, type, blob, extra,
+                task_path, segment, created_at)
+            SELECT m.thread_id, m.checkpoint_ns, m.parent_checkpoint_id,
+                m.w_task::text, m.w_idx, m.w_channel, m.w_type, m.w_blob,
+                m.w_extra, m.w_path, m.segment, m.created_at
+            FROM moved m
+            ON CONFLICT DO NOTHING
+        )
+        UPDATE agentmatic_checkpoints c SET w_task = NULL, w_path = NULL,
+            w_idx = NULL, w_channel = NULL, w_type = NULL, w_blob = NULL,
+            w_extra = NULL
+        FROM moved m
+        WHERE c.thread_id = m.thread_id AND c.checkpoint_ns = m.checkpoint_ns
+            AND c.checkpoint_id = m.checkpoint_id;
         RETURN NULL;
     END
     $$;
@@ -572,7 +602,8 @@ MIGRATIONS: list[str] = [
         w_task text[] DEFAULT NULL, w_path text[] DEFAULT NULL,
         w_idx integer[] DEFAULT NULL, w_channel text[] DEFAULT NULL,
         w_type text[] DEFAULT NULL, w_blob bytea[] DEFAULT NULL,
-        w_extra bytea[] DEFAULT NULL, p_light bytea DEFAULT NULL
+        w_extra bytea[] DEFAULT NULL, p_light bytea DEFAULT NULL,
+        p_carry boolean DEFAULT false
     ) RETURNS TABLE (outcome text, head text, segment bigint)
     LANGUAGE plpgsql AS $$
     DECLARE
@@ -624,7 +655,10 @@ MIGRATIONS: list[str] = [
             -- One task's result rides in the child's row when the child is
             -- the parent's next checkpoint and the task stored nothing there.
             -- Its id, a uuid as both runtimes make them, is stored as one.
-            v_carry := coalesce(v_linear, false) AND cardinality(w_task) = 1
+            -- Only callers that read carried writes ask for it (`p_carry`):
+            -- an older Agentmatic calling this function never gets it.
+            v_carry := p_carry AND coalesce(v_linear, false)
+                AND cardinality(w_task) = 1
                 AND coalesce(w_idx[1] >= 0, false)
                 AND w_task[1] ~ ('^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-'
                     '[0-9a-f]{4}-[0-9a-f]{12}$')
