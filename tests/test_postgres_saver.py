@@ -498,42 +498,25 @@ def test_a_deleted_checkpoints_writes_leave_the_row_that_carried_them(saver, pg_
     assert saver.get_tuple(head.config).pending_writes == []
 
 
-def test_a_step_waits_for_a_late_write_of_its_task_in_progress(saver, pg_url):
-    head, step = _head_and_next_step(saver)
-    paused, go = threading.Event(), threading.Event()
-    original = saver._insert_writes
-
-    def slow_insert(conn, *args):
-        conn.execute("SELECT 1").fetchall()  # the thread's row is held now
-        paused.set()
-        go.wait(10)
-        return original(conn, *args)
-
-    saver._insert_writes = slow_insert
-    late = threading.Thread(
-        target=saver.put_writes, args=(head.config, [("x", "late-x")], TASK)
+def test_a_late_write_racing_the_step_that_carries_its_task_keeps_every_slot(
+    saver, pg_url
+):
+    head, _step = _carried_step(saver, pg_url)
+    parent = head.checkpoint["id"]
+    # What a put_writes of the task that started before the step committed
+    # stores: its own row for slot 0, beside the carried row.
+    late = saver._prepare_writes([("x", "late-x")])[0][0]
+    sql(
+        pg_url,
+        "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id, "
+        "task_id, idx, channel, type, blob) VALUES ('t', '', %s, %s, %s, %s, %s, %s)",
+        (parent, TASK, *late[:4]),
     )
-    late.start()
-    assert paused.wait(10)
-    saver._insert_writes = original
-    stepping = threading.Thread(
-        target=saver.put_step,
-        args=(
-            head.config,
-            [(TASK, "", [("x", "step-x"), ("y", "step-y")])],
-            step,
-            {},
-            {"x": step["channel_versions"]["x"]},
-        ),
-    )
-    stepping.start()
-    stepping.join(0.5)
-    assert stepping.is_alive()  # waiting for the late write's transaction
-    go.set()
-    late.join(10)
-    stepping.join(10)
-    written = {(t, c): v for t, c, v in saver.get_tuple(head.config).pending_writes}
-    assert written == {(TASK, "x"): "late-x", (TASK, "y"): "step-y"}
+    # It counts as the first write of slot 0; the step's other slot stays.
+    expected = [(TASK, "x", "late-x"), (TASK, "y", 2)]
+    assert saver.get_tuple(head.config).pending_writes == expected
+    listed = {t.checkpoint["id"]: t.pending_writes for t in saver.list(cfg("t"))}
+    assert listed[parent] == expected
 
 
 def _new_id() -> str:

@@ -914,14 +914,7 @@ class PostgresSaver(BaseSaver):
         if not writes:
             return
         rows, regular = self._prepare_writes(writes)
-        with self._conn() as conn, conn.pipeline(), conn.transaction():
-            # A step storing its writes ahead in the next checkpoint holds the
-            # thread's row: wait for it, so either sees the other's writes.
-            conn.execute(
-                "SELECT 1 FROM agentmatic_threads WHERE thread_id = %s "
-                "AND checkpoint_ns = %s FOR SHARE",
-                (thread_id, ns),
-            )
+        with self._conn() as conn:
             self._insert_writes(
                 conn, thread_id, ns, checkpoint_id, task_id, task_path, rows, regular
             )
@@ -1079,10 +1072,8 @@ class PostgresSaver(BaseSaver):
         The task wrote before; as in LangGraph, its first write per slot
         stays and only slots it never wrote are added, one row each.
         """
-        taken: set[int] = set()
         curs = self._writes_on(conn, thread_id, ns, [checkpoint_id], task_id=task_id)
-        for row in _merged(*curs):
-            taken.update(w[6] for w in _expand([row], thread_id))
+        taken = {w[6] for w in _merged(*curs, thread_id)}
         surplus = [entry for entry in regular if entry[0] not in taken]
         if not surplus:
             return
@@ -1252,7 +1243,7 @@ class PostgresSaver(BaseSaver):
                 blob_cur = self._blob_query(conn, thread_id, ns, wanted)
                 write_curs = self._writes_on(conn, thread_id, ns, ids)
             blobs = _blob_rows(blob_cur)
-            writes = _expand(_merged(*write_curs), thread_id)
+            writes = _merged(*write_curs, thread_id)
             values = self._blob_values(conn, thread_id, blobs, wanted, serde)
             pending: dict[str, builtins.list[tuple[Any, ...]]] = {}
             for w in writes:
@@ -1580,10 +1571,8 @@ class PostgresSaver(BaseSaver):
     ) -> Any:
         """Return the parent's value of a delta channel plus its writes on it."""
         base = self._value_at(conn, thread_id, ns, parent_id, channel)
-        rows = _merged(
-            *self._writes_on(conn, thread_id, ns, [parent_id], channel=channel)
-        )
-        writes = _ordered(w for w in _expand(rows, thread_id) if w[2] == channel)
+        curs = self._writes_on(conn, thread_id, ns, [parent_id], channel=channel)
+        writes = _ordered(w for w in _merged(*curs, thread_id) if w[2] == channel)
         if base is _NOTHING and not writes:
             return _NOTHING
         fold = _reducer_for(channel)
@@ -1626,8 +1615,8 @@ class PostgresSaver(BaseSaver):
             "AND c.w_task IS NOT NULL AND (c.w_channel = %s OR c.w_extra IS NOT NULL)",
             (thread_id, ns, lower, cid, row.segment, lower, cid, channel),
         )
-        rows = _merged(stored, carried)
-        writes = _ordered(w for w in _expand(rows, thread_id) if w[2] == channel)
+        merged = _merged(stored, carried, thread_id)
+        writes = _ordered(w for w in merged if w[2] == channel)
         decoded = [self._loads(self.serde, thread_id, w[0], w[3], w[4]) for w in writes]
         if decoded:
             value = _reducer_for(channel)(list(value or []), decoded)
@@ -2311,7 +2300,7 @@ class PostgresSaver(BaseSaver):
                 blob_cur = self._blob_query(conn, thread_id, ns, tasks_wanted)
             wanted = set(ids)
             writes: dict[str, builtins.list[tuple[Any, ...]]] = {}
-            for w in _expand(_merged(*write_curs), thread_id):
+            for w in _merged(*write_curs, thread_id):
                 if w[0] not in wanted:
                     continue
                 writes.setdefault(w[0], []).append(w[1:])
@@ -2676,17 +2665,23 @@ def _timeline_columns(checkpoint_id: str, prefix: str) -> str:
 
 
 def _merged(
-    stored: psycopg.Cursor[Any], carried: psycopg.Cursor[Any]
-) -> list[Sequence[Any]]:
-    """Return stored write rows and carried ones, a carried row only once.
+    stored: psycopg.Cursor[Any], carried: psycopg.Cursor[Any], thread_id: str
+) -> list[tuple[Any, ...]]:
+    """Return the writes of stored rows and of carried ones, one per slot.
 
-    A carried row copied to agentmatic_writes (see migration 7) is there
-    under the same checkpoint, task and slot: the stored copy counts.
+    A slot both stored and carried keeps the stored write: a copy of the
+    carried one (see migration 7), or a write of the same task stored by a
+    `put_writes` that ran alongside the step carrying it, which then counts
+    as the first.
     """
-    rows: list[Sequence[Any]] = list(stored.fetchall())
-    own = {(r[0], r[1], r[6]) for r in rows}
-    rows.extend(r for r in carried.fetchall() if (r[0], r[1], r[6]) not in own)
-    return rows
+    writes = _expand(stored.fetchall(), thread_id)
+    own = {(w[0], w[1], w[6]) for w in writes}
+    writes.extend(
+        w
+        for w in _expand(carried.fetchall(), thread_id)
+        if (w[0], w[1], w[6]) not in own
+    )
+    return writes
 
 
 def _expand(rows: Iterable[Sequence[Any]], thread_id: str) -> list[tuple[Any, ...]]:
