@@ -150,15 +150,6 @@ class StoredCheckpoint(models.Model):
     metadata = models.JSONField(default=dict)
     # What a timeline needs of the checkpoint (msgpack), when the saver kept it.
     light = models.BinaryField(null=True)
-    # The writes of the one task that ran from the parent, when they ride in
-    # this row rather than in agentmatic_writes (see StoredWrite).
-    w_task = models.UUIDField(null=True)
-    w_path = models.TextField(null=True)  # noqa: DJ001
-    w_idx = models.IntegerField(null=True)
-    w_channel = models.TextField(null=True)  # noqa: DJ001
-    w_type = models.TextField(null=True)  # noqa: DJ001
-    w_blob = models.BinaryField(null=True)
-    w_extra = models.BinaryField(null=True)
 
     class Meta:
         managed = False
@@ -169,11 +160,7 @@ class StoredCheckpoint(models.Model):
 
 
 class StoredWrite(models.Model):
-    """A write of a task that ran from a checkpoint (outlives the checkpoint row).
-
-    A step of one task usually keeps its writes in the `w_` columns of the
-    checkpoint after instead; they are copied here when that row is deleted.
-    """
+    """A write of a task that ran from a checkpoint (outlives the checkpoint row)."""
 
     pk = models.CompositePrimaryKey(
         "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"

@@ -284,241 +284,6 @@ def test_concurrent_writers_on_one_head_give_one_winner(pg_url):
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
 
 
-# Task ids are uuids, as both runtimes make them.
-TASK = "4c5103b9-85ba-5351-a831-7911d512560d"
-
-
-def _carried(pg_url: str, checkpoint_id: str) -> list[tuple]:
-    """The rows carrying writes of `checkpoint_id`: (row id, task, channel)."""
-    return sql(
-        pg_url,
-        "SELECT checkpoint_id, w_task::text, w_channel FROM agentmatic_checkpoints "
-        "WHERE parent_checkpoint_id = %s AND w_task IS NOT NULL",
-        (checkpoint_id,),
-    )
-
-
-def _carried_step(saver: PostgresSaver, pg_url: str, task_id: str = TASK) -> tuple:
-    """Store a step of one task after thread t's head; return head and step."""
-    head, step = _head_and_next_step(saver)
-    saver.put_step(
-        head.config,
-        [(task_id, "", [("x", 1), ("y", 2)])],
-        step,
-        {},
-        {"x": step["channel_versions"]["x"]},
-    )
-    return head, step
-
-
-def test_a_step_of_one_task_keeps_its_writes_in_the_next_row(saver, pg_url):
-    head, step = _carried_step(saver, pg_url)
-    parent = head.checkpoint["id"]
-    assert _carried(pg_url, parent) == [(step["id"], TASK, "x")]
-    assert _write_rows(pg_url, parent) == []
-    assert saver.get_tuple(head.config).pending_writes == [
-        (TASK, "x", 1),
-        (TASK, "y", 2),
-    ]
-    assert [w for w in saver.list(cfg("t"), limit=2)][1].pending_writes == [
-        (TASK, "x", 1),
-        (TASK, "y", 2),
-    ]
-    # A copy of the thread carries them too.
-    saver.copy_thread("t", "copy")
-    assert saver.get_tuple(cfg("copy", parent)).pending_writes == [
-        (TASK, "x", 1),
-        (TASK, "y", 2),
-    ]
-
-
-def test_a_task_whose_id_is_not_a_uuid_keeps_its_writes_in_their_own_rows(
-    saver, pg_url
-):
-    head, _step = _carried_step(saver, pg_url, task_id="Task-A")
-    parent = head.checkpoint["id"]
-    assert _carried(pg_url, parent) == []
-    assert _write_rows(pg_url, parent) == [("Task-A", 0, "x")]
-    assert saver.get_tuple(head.config).pending_writes == [
-        ("Task-A", "x", 1),
-        ("Task-A", "y", 2),
-    ]
-
-
-def test_deleting_the_row_that_carries_writes_keeps_them(saver, pg_url):
-    head, step = _carried_step(saver, pg_url)
-    parent = head.checkpoint["id"]
-    # The seed's retention is plain SQL: the trigger copies the writes out.
-    sql(
-        pg_url,
-        "DELETE FROM agentmatic_checkpoints WHERE checkpoint_id = %s",
-        (step["id"],),
-    )
-    assert _write_rows(pg_url, parent) == [(TASK, 0, "x")]
-    assert saver.get_tuple(head.config).pending_writes == [
-        (TASK, "x", 1),
-        (TASK, "y", 2),
-    ]
-
-
-def test_a_checkpoint_stored_between_a_parent_and_its_carrier_moves_its_writes(
-    saver, pg_url
-):
-    from agentmatic import ids
-
-    head, _step = _head_and_next_step(saver)
-    parent = head.checkpoint["id"]
-    between = ids.checkpoint_id(after=parent)
-    step = _step_checkpoint(dict(head.checkpoint, id=between), 1)
-    saver.put_step(
-        head.config,
-        [(TASK, "", [("x", 1), ("y", 2)])],
-        step,
-        {},
-        {"x": step["channel_versions"]["x"]},
-    )
-    assert _carried(pg_url, parent) == [(step["id"], TASK, "x")]
-    # A branch from an older checkpoint whose id (a lagging clock) sorts
-    # between the parent and the row carrying its writes.
-    older = saver.get_state_history("t")[3]
-    lagging = dict(head.checkpoint, id=between)
-    saver.put(cfg("t", older.checkpoint_id), lagging, {"step": 5}, {})
-    assert parent < between < step["id"]
-    assert _write_rows(pg_url, parent) == [(TASK, 0, "x")]
-    assert saver.get_tuple(head.config).pending_writes == [
-        (TASK, "x", 1),
-        (TASK, "y", 2),
-    ]
-    listed = {
-        t.checkpoint["id"]: t.pending_writes for t in saver.list(cfg("t"), limit=100)
-    }
-    assert listed[parent] == [(TASK, "x", 1), (TASK, "y", 2)]
-    assert listed[between] == []
-
-
-def test_a_late_write_of_a_task_whose_writes_ride_ahead_keeps_the_first(saver, pg_url):
-    head, _step = _carried_step(saver, pg_url)
-    saver.put_writes(head.config, [("x", "late"), ("y", "late"), ("z", 3)], TASK)
-    saver.put_writes(head.config, [("__error__", "boom")], TASK)
-    assert sorted(saver.get_tuple(head.config).pending_writes) == [
-        (TASK, "__error__", "boom"),
-        (TASK, "x", 1),
-        (TASK, "y", 2),
-        (TASK, "z", 3),
-    ]
-    # The task run again from the same parent, on a branch, keeps its first
-    # result too.
-    again = _step_checkpoint(head.checkpoint, 2)
-    saver.put_step(
-        head.config,
-        [(TASK, "", [("x", "again")])],
-        again,
-        {},
-        {"x": again["channel_versions"]["x"]},
-    )
-    written = {(t, c): v for t, c, v in saver.get_tuple(head.config).pending_writes}
-    assert written[(TASK, "x")] == 1
-
-
-def test_writes_stored_in_their_own_rows_read_the_same(saver, pg_url):
-    # A database written before migration 7 keeps every write in
-    # agentmatic_writes; readers take either.
-    agent, _ = build(saver)
-    ask(agent, "t", "Refund $250")
-    agent.approve(cfg("t"), actor="ops-1")
-    run_loop(saver, "loop", 80)
-    before = {
-        t: (saver.get_state_history(t), saver.get_state_history(t, values=False))
-        for t in ("t", "loop")
-    }
-    moved = sql(
-        pg_url,
-        "WITH moved AS (INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
-        "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
-        "segment) SELECT thread_id, checkpoint_ns, parent_checkpoint_id, w_task, "
-        "w_idx, w_channel, w_type, w_blob, w_extra, w_path, segment "
-        "FROM agentmatic_checkpoints WHERE w_task IS NOT NULL RETURNING 1) "
-        "SELECT count(*) FROM moved",
-    )[0][0]
-    sql(
-        pg_url,
-        "UPDATE agentmatic_checkpoints SET w_task = NULL, w_path = NULL, "
-        "w_idx = NULL, w_channel = NULL, w_type = NULL, w_blob = NULL, "
-        "w_extra = NULL",
-    )
-    assert moved > 80
-    saver._memos.clear()
-    after = {
-        t: (saver.get_state_history(t), saver.get_state_history(t, values=False))
-        for t in ("t", "loop")
-    }
-    assert after == before
-
-
-def test_a_saver_that_does_not_ask_stores_every_write_in_its_own_row(saver, pg_url):
-    # An older Agentmatic calls agentmatic_put without `p_carry`: it reads
-    # only agentmatic_writes, so nothing may ride ahead for it.
-    saver.carry_writes = False
-    head, _step = _carried_step(saver, pg_url)
-    arguments = sql(
-        pg_url,
-        "SELECT pg_get_function_arguments(oid) FROM pg_proc "
-        "WHERE proname = 'agentmatic_put'",
-    )
-    assert [a.endswith("p_carry boolean DEFAULT false") for (a,) in arguments] == [True]
-    assert _carried(pg_url, head.checkpoint["id"]) == []
-    assert _write_rows(pg_url, head.checkpoint["id"]) == [(TASK, 0, "x")]
-
-
-def test_a_database_newer_than_the_code_is_refused(pg_url):
-    with PostgresSaver(pg_url) as first:
-        first.setup()
-    sql(pg_url, "INSERT INTO agentmatic_migrations (v) VALUES (%s)", (LATEST + 1,))
-    with (
-        PostgresSaver(pg_url) as late,
-        pytest.raises(ConfigurationError, match="newer than this Agentmatic knows"),
-    ):
-        late.get_tuple(cfg("t"))
-
-
-def test_a_deleted_checkpoints_writes_leave_the_row_that_carried_them(saver, pg_url):
-    head, step = _carried_step(saver, pg_url)
-    parent = head.checkpoint["id"]
-    assert saver.delete_checkpoints("t", "", [parent]) == 1
-    assert _carried(pg_url, parent) == []
-    assert _write_rows(pg_url, parent) == []
-    assert saver.get_tuple(cfg("t", step["id"])) is not None
-    # Stored again (a restore), it has no writes of the one deleted.
-    saver.put(
-        head.parent_config or cfg("t"),
-        head.checkpoint,
-        head.metadata,
-        {},
-    )
-    assert saver.get_tuple(head.config).pending_writes == []
-
-
-def test_a_late_write_racing_the_step_that_carries_its_task_keeps_every_slot(
-    saver, pg_url
-):
-    head, _step = _carried_step(saver, pg_url)
-    parent = head.checkpoint["id"]
-    # What a put_writes of the task that started before the step committed
-    # stores: its own row for slot 0, beside the carried row.
-    late = saver._prepare_writes([("x", "late-x")])[0][0]
-    sql(
-        pg_url,
-        "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id, "
-        "task_id, idx, channel, type, blob) VALUES ('t', '', %s, %s, %s, %s, %s, %s)",
-        (parent, TASK, *late[:4]),
-    )
-    # It counts as the first write of slot 0; the step's other slot stays.
-    expected = [(TASK, "x", "late-x"), (TASK, "y", 2)]
-    assert saver.get_tuple(head.config).pending_writes == expected
-    listed = {t.checkpoint["id"]: t.pending_writes for t in saver.list(cfg("t"))}
-    assert listed[parent] == expected
-
-
 def _new_id() -> str:
     from agentmatic import ids
 
@@ -530,16 +295,14 @@ def _new_id() -> str:
 
 def test_a_step_stores_only_the_message_it_added(saver, pg_url):
     run_loop(saver, "t", 150)
-    checkpoints = sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints")[0][0]
-    # One message write per step, each riding in the step's checkpoint row; no
-    # checkpoint row holds the log between snapshots, and snapshots share
-    # their chunks.
-    carried = sql(
+    rows = sql(
         pg_url,
-        "SELECT count(*) FROM agentmatic_checkpoints WHERE w_channel = 'messages'",
+        "SELECT count(*) FROM agentmatic_writes WHERE channel = 'messages'",
     )
-    assert carried[0][0] == checkpoints - 1
-    assert sql(pg_url, "SELECT count(*) FROM agentmatic_writes") == [(0,)]
+    checkpoints = sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints")[0][0]
+    # One message write per step; no checkpoint row holds the log between
+    # snapshots, and snapshots share their chunks.
+    assert rows[0][0] == checkpoints - 1
     blobs = sql(
         pg_url,
         "SELECT count(*) FROM agentmatic_blobs WHERE channel = 'messages'",
@@ -923,7 +686,7 @@ def test_a_database_at_migration_five_gets_the_summary_column(pg_url):
             conn.execute(migration)
             conn.execute("INSERT INTO agentmatic_migrations (v) VALUES (%s)", (number,))
     saver = PostgresSaver(pg_url)
-    assert saver.setup() == [6, 7]
+    assert saver.setup() == [6]
     agent, _ = build(saver)
     ask(agent, "t", "Refund $40")
     assert saver.get_state("t", values=False).next == ()

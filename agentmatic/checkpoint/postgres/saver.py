@@ -109,8 +109,6 @@ BLOBS_KEY = "~blobs"
 INLINE_MAX = 64
 # Writes a timeline decodes; every other write is only counted.
 TIMELINE_CHANNELS = (INTERRUPT, DECISION, ERROR)
-# The parameters of `_timeline_columns` but for the parents.
-TIMELINE_ARGS = (list(TIMELINE_CHANNELS), MESSAGES, list(TIMELINE_CHANNELS), MESSAGES)
 PAGE = 500
 # The SQLSTATE `agentmatic_put` raises when a task of a step stored a result
 # before (migration 6).
@@ -160,19 +158,6 @@ HIDDEN_KEY = "~meta"
 TS_IN_ROW_KEY = "~ts"
 BLOB = "channel, version, segment, checkpoint_id, type, data, chunks, base_version"
 WRITE = "checkpoint_id, task_id, channel, type, blob, task_path, idx, extra"
-# A task's writes carried in its parent's next checkpoint (migration 7), read
-# as a row of `WRITE`: they belong to that checkpoint's parent.
-CARRIED = (
-    "c.parent_checkpoint_id, c.w_task::text, c.w_channel, c.w_type, c.w_blob, "
-    "c.w_path, c.w_idx, c.w_extra"
-)
-# The next checkpoint after each of a list of ids (`x.id`), as `c`.
-NEXT_OF_EACH = (
-    "FROM unnest(%s::text[]) AS x(id) CROSS JOIN LATERAL (SELECT * "
-    "FROM agentmatic_checkpoints n WHERE n.thread_id = %s AND n.checkpoint_ns = %s "
-    "AND n.checkpoint_id > x.id ORDER BY n.checkpoint_id LIMIT 1) c "
-    "WHERE c.parent_checkpoint_id = x.id AND c.w_task IS NOT NULL"
-)
 
 
 @dataclass
@@ -282,11 +267,6 @@ class PostgresSaver(BaseSaver):
     that runs it in a worker thread.
     """
 
-    # Whether a step of one task keeps its writes in its child's row (see
-    # migration 7). Older savers never ask for it, and read only
-    # agentmatic_writes.
-    carry_writes = True
-
     def __init__(
         self,
         url: str,
@@ -372,12 +352,6 @@ class PostgresSaver(BaseSaver):
                         "SELECT coalesce(max(v), 0) FROM agentmatic_migrations"
                     ).fetchone()
                     current = int(got[0]) if got else 0
-            if current > LATEST:
-                raise ConfigurationError(
-                    f"the checkpoint schema at {_redact(self.url)} is at migration "
-                    f"{current}, newer than this Agentmatic knows ({LATEST}): "
-                    "upgrade Agentmatic before using this database"
-                )
             if current < LATEST:
                 self.setup()
             self._ready = True
@@ -751,8 +725,8 @@ class PostgresSaver(BaseSaver):
             # the tasks' writes
             "%s::text[], %s::text[], %s::integer[], %s::text[], %s::text[], "
             "%s::bytea[], %s::bytea[], "
-            # the timeline's summary; whether a task's writes may ride along
-            "%s, %s)"
+            # the timeline's summary
+            "%s)"
         )
         params = (
             write.thread_id,
@@ -784,7 +758,6 @@ class PostgresSaver(BaseSaver):
             list(plan.chunks.values()) if plan.chunks else None,
             *(step_writes.columns() if step_writes else (None,) * 7),
             light,
-            self.carry_writes and step_writes is not None,
         )
         try:
             row = conn.execute(sql, params).fetchone()
@@ -964,8 +937,6 @@ class PostgresSaver(BaseSaver):
             if one_statement and self._put(conn, write, expected_head, together):
                 return thread_config(thread_id, cid, ns)
             with conn.transaction():
-                # The thread's row first, as the one-statement path takes it.
-                self._lock_thread(conn, thread_id, ns, False)
                 for task_id, task_path, rows, regular in prepared:
                     self._insert_writes(
                         conn,
@@ -1015,11 +986,7 @@ class PostgresSaver(BaseSaver):
         rows: builtins.list[tuple[int, str, str, bytes, bytes | None]],
         regular: builtins.list[tuple[int, str, str, bytes]],
     ) -> None:
-        # A task whose result rides in the next checkpoint is treated as one
-        # that stored it before: only special writes go in here, and
-        # `_store_surplus` adds the slots it left unfilled.
         stored = conn.execute(
-            f"WITH ahead AS (SELECT 1 {NEXT_OF_EACH} AND c.w_task::text = %s) "
             "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
             "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
             "segment) SELECT %s, %s, %s, %s, w.idx, w.channel, w.type, w.blob, "
@@ -1027,16 +994,11 @@ class PostgresSaver(BaseSaver):
             "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s) "
             "FROM unnest(%s::integer[], %s::text[], %s::text[], %s::bytea[], "
             "%s::bytea[]) AS w(idx, channel, type, blob, extra) "
-            "WHERE w.idx < 0 OR NOT EXISTS (SELECT 1 FROM ahead) "
             "ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
             "DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, "
             "blob = EXCLUDED.blob, task_path = EXCLUDED.task_path "
             "WHERE EXCLUDED.idx < 0 RETURNING idx",
             (
-                [checkpoint_id],
-                thread_id,
-                ns,
-                task_id,
                 thread_id,
                 ns,
                 checkpoint_id,
@@ -1072,8 +1034,13 @@ class PostgresSaver(BaseSaver):
         The task wrote before; as in LangGraph, its first write per slot
         stays and only slots it never wrote are added, one row each.
         """
-        curs = self._writes_on(conn, thread_id, ns, [checkpoint_id], task_id=task_id)
-        taken = {w[6] for w in _merged(*curs, thread_id)}
+        taken: set[int] = set()
+        for row in conn.execute(
+            f"SELECT {WRITE} FROM agentmatic_writes WHERE thread_id = %s "
+            "AND checkpoint_ns = %s AND checkpoint_id = %s AND task_id = %s",
+            (thread_id, ns, checkpoint_id, task_id),
+        ):
+            taken.update(w[6] for w in _expand([row], thread_id))
         surplus = [entry for entry in regular if entry[0] not in taken]
         if not surplus:
             return
@@ -1241,9 +1208,13 @@ class PostgresSaver(BaseSaver):
             ids = [r.checkpoint_id for r in group]
             with conn.pipeline():
                 blob_cur = self._blob_query(conn, thread_id, ns, wanted)
-                write_curs = self._writes_on(conn, thread_id, ns, ids)
+                write_cur = conn.execute(
+                    f"SELECT {WRITE} FROM agentmatic_writes WHERE thread_id = %s "
+                    "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
+                    (thread_id, ns, ids),
+                )
             blobs = _blob_rows(blob_cur)
-            writes = _merged(*write_curs, thread_id)
+            writes = _expand(write_cur.fetchall(), thread_id)
             values = self._blob_values(conn, thread_id, blobs, wanted, serde)
             pending: dict[str, builtins.list[tuple[Any, ...]]] = {}
             for w in writes:
@@ -1273,43 +1244,6 @@ class PostgresSaver(BaseSaver):
                     ),
                 )
         return [out[(r.thread_id, r.ns, r.checkpoint_id)] for r in rows]
-
-    def _writes_on(
-        self,
-        conn: psycopg.Connection[Any],
-        thread_id: str,
-        ns: str,
-        ids: Sequence[str],
-        *,
-        task_id: str | None = None,
-        channel: str | None = None,
-    ) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
-        """Start the queries for the writes on `ids`: stored rows, carried ones.
-
-        `task_id` keeps one task's writes; `channel` keeps the rows that may
-        hold a write on it. Pass both cursors to `_merged`.
-        """
-        stored = (
-            f"SELECT {WRITE} FROM agentmatic_writes WHERE thread_id = %s "
-            "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])"
-        )
-        carried = f"SELECT {CARRIED} {NEXT_OF_EACH}"
-        stored_args: builtins.list[Any] = [thread_id, ns, list(ids)]
-        carried_args: builtins.list[Any] = [list(ids), thread_id, ns]
-        if task_id is not None:
-            stored += " AND task_id = %s"
-            carried += " AND c.w_task::text = %s"
-            stored_args.append(task_id)
-            carried_args.append(task_id)
-        if channel is not None:
-            stored += " AND (channel = %s OR extra IS NOT NULL)"
-            carried += " AND (c.w_channel = %s OR c.w_extra IS NOT NULL)"
-            stored_args.append(channel)
-            carried_args.append(channel)
-        return (
-            conn.execute(stored, stored_args),
-            conn.execute(carried, carried_args),
-        )
 
     def _pending(
         self,
@@ -1571,8 +1505,13 @@ class PostgresSaver(BaseSaver):
     ) -> Any:
         """Return the parent's value of a delta channel plus its writes on it."""
         base = self._value_at(conn, thread_id, ns, parent_id, channel)
-        curs = self._writes_on(conn, thread_id, ns, [parent_id], channel=channel)
-        writes = _ordered(w for w in _merged(*curs, thread_id) if w[2] == channel)
+        rows = conn.execute(
+            f"SELECT {WRITE} FROM agentmatic_writes WHERE thread_id = %s "
+            "AND checkpoint_ns = %s AND checkpoint_id = %s "
+            "AND (channel = %s OR extra IS NOT NULL)",
+            (thread_id, ns, parent_id, channel),
+        ).fetchall()
+        writes = _ordered(w for w in _expand(rows, thread_id) if w[2] == channel)
         if base is _NOTHING and not writes:
             return _NOTHING
         fold = _reducer_for(channel)
@@ -1597,26 +1536,14 @@ class PostgresSaver(BaseSaver):
             version, lower = str(base[0]), str(base[1])
             found = self._fetch_values(conn, thread_id, ns, {(channel, version)})
             value = _unwrap(found.get((channel, version), []))
-        cid = row.checkpoint_id
-        stored = conn.execute(
+        rows = conn.execute(
             f"SELECT {WRITE} FROM agentmatic_writes "
             "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id >= %s "
             "AND checkpoint_id < %s AND segment = %s "
             "AND (channel = %s OR extra IS NOT NULL)",
-            (thread_id, ns, lower, cid, row.segment, channel),
-        )
-        # A write on a checkpoint of the range rides in the next checkpoint,
-        # which is in the range's segment and at most `row` itself.
-        carried = conn.execute(
-            f"SELECT {CARRIED} FROM agentmatic_checkpoints c "
-            "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
-            "AND c.checkpoint_id > %s AND c.checkpoint_id <= %s AND c.segment = %s "
-            "AND c.parent_checkpoint_id >= %s AND c.parent_checkpoint_id < %s "
-            "AND c.w_task IS NOT NULL AND (c.w_channel = %s OR c.w_extra IS NOT NULL)",
-            (thread_id, ns, lower, cid, row.segment, lower, cid, channel),
-        )
-        merged = _merged(stored, carried, thread_id)
-        writes = _ordered(w for w in merged if w[2] == channel)
+            (thread_id, ns, lower, row.checkpoint_id, row.segment, channel),
+        ).fetchall()
+        writes = _ordered(w for w in _expand(rows, thread_id) if w[2] == channel)
         decoded = [self._loads(self.serde, thread_id, w[0], w[3], w[4]) for w in writes]
         if decoded:
             value = _reducer_for(channel)(list(value or []), decoded)
@@ -1971,11 +1898,9 @@ class PostgresSaver(BaseSaver):
                 "WITH ins AS (INSERT INTO agentmatic_checkpoints (thread_id, "
                 "checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
                 "created_at, step, source, actor, run_id, type, checkpoint, metadata, "
-                "light, w_task, w_path, w_idx, w_channel, w_type, w_blob, w_extra) "
-                "SELECT %s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+                "light) SELECT %s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
                 "segment, created_at, step, source, actor, run_id, type, checkpoint, "
-                "metadata, light, w_task, w_path, w_idx, w_channel, w_type, w_blob, "
-                "w_extra "
+                "metadata, light "
                 "FROM agentmatic_checkpoints WHERE thread_id = %s "
                 "ON CONFLICT DO NOTHING RETURNING checkpoint_ns) "
                 "UPDATE agentmatic_threads t SET checkpoints = t.checkpoints + n.count "
@@ -2296,11 +2221,11 @@ class PostgresSaver(BaseSaver):
                 if _needs_value(ch) and ch in r.checkpoint["channel_versions"]
             }
             with conn.pipeline():
-                write_curs = self._timeline_writes(conn, thread_id, ns, ids, parents)
+                write_cur = self._timeline_writes(conn, thread_id, ns, ids, parents)
                 blob_cur = self._blob_query(conn, thread_id, ns, tasks_wanted)
             wanted = set(ids)
             writes: dict[str, builtins.list[tuple[Any, ...]]] = {}
-            for w in _merged(*write_curs, thread_id):
+            for w in _expand(write_cur.fetchall(), thread_id):
                 if w[0] not in wanted:
                     continue
                 writes.setdefault(w[0], []).append(w[1:])
@@ -2390,68 +2315,64 @@ class PostgresSaver(BaseSaver):
         ns: str,
         ids: Sequence[str],
         parents: set[str],
-    ) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
-        """Start the queries for the writes on `ids` (sorted) a timeline reads.
+    ) -> psycopg.Cursor[Any]:
+        """Query the writes on `ids` (sorted) that a timeline reads.
 
         Values come only for interrupts, decisions and errors, and for the
         messages written on `parents`. A long stretch of checkpoints is one
         id range (the caller drops the ids it did not ask for): sending
-        thousands of ids costs more than the rows in between. Pass both
-        cursors to `_merged`.
+        thousands of ids costs more than the rows in between.
         """
-        stored = _timeline_columns("checkpoint_id", "")
-        carried = _timeline_columns("c.parent_checkpoint_id", "c.w_")
         if len(ids) <= ID_LIST_MAX:
-            on = sorted(parents)
-            shown = (*TIMELINE_ARGS[:2], on, *TIMELINE_ARGS[2:], on, on)
-            on_stored = stored.format(on="checkpoint_id = ANY(%s::text[])")
-            on_carried = carried.format(on="c.parent_checkpoint_id = ANY(%s::text[])")
-            return (
-                conn.execute(
-                    f"SELECT {on_stored} FROM agentmatic_writes WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
-                    (*shown, thread_id, ns, list(ids)),
-                ),
-                conn.execute(
-                    f"SELECT {on_carried} {NEXT_OF_EACH}",
-                    (*shown, list(ids), thread_id, ns),
+            return conn.execute(
+                "SELECT checkpoint_id, task_id, channel, "
+                "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
+                "AND checkpoint_id = ANY(%s::text[])) THEN type END, "
+                "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
+                "AND checkpoint_id = ANY(%s::text[])) THEN blob END, "
+                "task_path, idx, "
+                "CASE WHEN checkpoint_id = ANY(%s::text[]) THEN extra END "
+                "FROM agentmatic_writes WHERE thread_id = %s "
+                "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
+                (
+                    list(TIMELINE_CHANNELS),
+                    MESSAGES,
+                    sorted(parents),
+                    list(TIMELINE_CHANNELS),
+                    MESSAGES,
+                    sorted(parents),
+                    sorted(parents),
+                    thread_id,
+                    ns,
+                    list(ids),
                 ),
             )
         # The parents are a hashed set: matching each row against an array
         # costs rows x parents comparisons. Never prepared: a generic plan
         # cannot hash a parameter's array.
-        joined = "p.id IS NOT NULL"
-        first, last = ids[0], ids[-1]
-        return (
-            conn.cursor(binary=True).execute(
-                f"SELECT {stored.format(on=joined)} FROM agentmatic_writes w "
-                "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = w.checkpoint_id "
-                "WHERE thread_id = %s AND checkpoint_ns = %s "
-                "AND w.checkpoint_id >= %s AND w.checkpoint_id <= %s",
-                (*TIMELINE_ARGS, sorted(parents), thread_id, ns, first, last),
-                prepare=False,
+        return conn.cursor(binary=True).execute(
+            "SELECT w.checkpoint_id, task_id, channel, "
+            "CASE WHEN channel = ANY(%s::text[]) "
+            "OR (channel = %s AND p.id IS NOT NULL) THEN type END, "
+            "CASE WHEN channel = ANY(%s::text[]) "
+            "OR (channel = %s AND p.id IS NOT NULL) THEN blob END, "
+            "task_path, idx, CASE WHEN p.id IS NOT NULL THEN extra END "
+            "FROM agentmatic_writes w "
+            "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = w.checkpoint_id "
+            "WHERE thread_id = %s AND checkpoint_ns = %s "
+            "AND w.checkpoint_id >= %s AND w.checkpoint_id <= %s",
+            (
+                list(TIMELINE_CHANNELS),
+                MESSAGES,
+                list(TIMELINE_CHANNELS),
+                MESSAGES,
+                sorted(parents),
+                thread_id,
+                ns,
+                ids[0],
+                ids[-1],
             ),
-            # A write on the last id rides in the checkpoint after it.
-            conn.cursor(binary=True).execute(
-                f"SELECT {carried.format(on=joined)} FROM agentmatic_checkpoints c "
-                "LEFT JOIN unnest(%s::text[]) AS p(id) "
-                "ON p.id = c.parent_checkpoint_id "
-                "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
-                "AND c.checkpoint_id > %s AND c.checkpoint_id <= coalesce(("
-                "SELECT n.checkpoint_id FROM agentmatic_checkpoints n "
-                "WHERE n.thread_id = %s AND n.checkpoint_ns = %s "
-                "AND n.checkpoint_id > %s ORDER BY n.checkpoint_id LIMIT 1), %s) "
-                "AND c.parent_checkpoint_id >= %s AND c.parent_checkpoint_id <= %s "
-                "AND c.w_task IS NOT NULL",
-                (
-                    *TIMELINE_ARGS,
-                    sorted(parents),
-                    *(thread_id, ns, first),
-                    *(thread_id, ns, last, last),
-                    *(first, last),
-                ),
-                prepare=False,
-            ),
+            prepare=False,
         )
 
     def _light_writes(
@@ -2643,45 +2564,6 @@ def _may_run_tools(row: _Row) -> bool:
         if node is not None and node not in LLM_NODES and node != START:
             return True
     return False
-
-
-def _timeline_columns(checkpoint_id: str, prefix: str) -> str:
-    """Return the columns of `WRITE` a timeline reads, for `str.format(on=...)`.
-
-    `prefix` names the write columns (``c.w_`` for carried writes); `on`
-    is the condition for a checkpoint among the parents. Its parameters are
-    `TIMELINE_ARGS` with those of `on` after each half and once more.
-    """
-    channel, type_ = f"{prefix}channel", f"{prefix}type"
-    blob, extra = f"{prefix}blob", f"{prefix}extra"
-    task = f"{prefix}task::text" if prefix else "task_id"
-    path = f"{prefix}path" if prefix else "task_path"
-    shown = f"{channel} = ANY(%s::text[]) OR ({channel} = %s AND {{on}})"
-    return (
-        f"{checkpoint_id}, {task}, {channel}, CASE WHEN {shown} THEN {type_} END, "
-        f"CASE WHEN {shown} THEN {blob} END, {path}, {prefix}idx, "
-        f"CASE WHEN {{on}} THEN {extra} END"
-    )
-
-
-def _merged(
-    stored: psycopg.Cursor[Any], carried: psycopg.Cursor[Any], thread_id: str
-) -> list[tuple[Any, ...]]:
-    """Return the writes of stored rows and of carried ones, one per slot.
-
-    A slot both stored and carried keeps the stored write: a copy of the
-    carried one (see migration 7), or a write of the same task stored by a
-    `put_writes` that ran alongside the step carrying it, which then counts
-    as the first.
-    """
-    writes = _expand(stored.fetchall(), thread_id)
-    own = {(w[0], w[1], w[6]) for w in writes}
-    writes.extend(
-        w
-        for w in _expand(carried.fetchall(), thread_id)
-        if (w[0], w[1], w[6]) not in own
-    )
-    return writes
 
 
 def _expand(rows: Iterable[Sequence[Any]], thread_id: str) -> list[tuple[Any, ...]]:
