@@ -284,6 +284,23 @@ def test_concurrent_writers_on_one_head_give_one_winner(pg_url):
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
 
 
+def test_a_database_newer_than_the_code_is_refused(pg_url):
+    with PostgresSaver(pg_url) as first:
+        first.setup()
+    sql(pg_url, "INSERT INTO agentmatic_migrations (v) VALUES (%s)", (LATEST + 1,))
+    refused = "newer than this Agentmatic knows"
+    with (
+        PostgresSaver(pg_url) as late,
+        pytest.raises(ConfigurationError, match=refused),
+    ):
+        late.get_tuple(cfg("t"))
+    with (
+        PostgresSaver(pg_url) as late,
+        pytest.raises(ConfigurationError, match=refused),
+    ):
+        late.setup()
+
+
 def _new_id() -> str:
     from agentmatic import ids
 

@@ -323,6 +323,9 @@ class PostgresSaver(BaseSaver):
             conn.cursor() as cur,
         ):
             applied = apply_migrations(cur)
+            cur.execute("SELECT max(v) FROM agentmatic_migrations")
+            got = cur.fetchone()
+            self._refuse_newer(int(got[0]) if got and got[0] is not None else 0)
         if applied:
             log.info("postgres checkpoint schema: applied migrations %s", applied)
         self._ready = True
@@ -338,6 +341,15 @@ class PostgresSaver(BaseSaver):
                         f"cannot connect to Postgres at {_redact(self.url)}: {exc}"
                     ) from exc
 
+    def _refuse_newer(self, current: int) -> None:
+        """Refuse a schema this code does not know: it may store what we skip."""
+        if current > LATEST:
+            raise ConfigurationError(
+                f"the checkpoint schema at {_redact(self.url)} is at migration "
+                f"{current}, newer than this Agentmatic knows ({LATEST}): "
+                "upgrade Agentmatic before using this database"
+            )
+
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         if not self._ready:
@@ -352,6 +364,7 @@ class PostgresSaver(BaseSaver):
                         "SELECT coalesce(max(v), 0) FROM agentmatic_migrations"
                     ).fetchone()
                     current = int(got[0]) if got else 0
+            self._refuse_newer(current)
             if current < LATEST:
                 self.setup()
             self._ready = True
