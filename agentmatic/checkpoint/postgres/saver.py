@@ -323,9 +323,7 @@ class PostgresSaver(BaseSaver):
             conn.cursor() as cur,
         ):
             applied = apply_migrations(cur)
-            cur.execute("SELECT max(v) FROM agentmatic_migrations")
-            got = cur.fetchone()
-            self._refuse_newer(int(got[0]) if got and got[0] is not None else 0)
+            self._refuse_newer(_schema_version(cur))
         if applied:
             log.info("postgres checkpoint schema: applied migrations %s", applied)
         self._ready = True
@@ -358,12 +356,7 @@ class PostgresSaver(BaseSaver):
                 row = conn.execute(
                     "SELECT to_regclass('agentmatic_migrations') IS NOT NULL"
                 ).fetchone()
-                current = 0
-                if row and row[0]:
-                    got = conn.execute(
-                        "SELECT coalesce(max(v), 0) FROM agentmatic_migrations"
-                    ).fetchone()
-                    current = int(got[0]) if got else 0
+                current = _schema_version(conn) if row and row[0] else 0
             self._refuse_newer(current)
             if current < LATEST:
                 self.setup()
@@ -2745,6 +2738,12 @@ def checkpoint_metadata(config: Config, metadata: dict[str, Any]) -> dict[str, A
             if isinstance(value, (str, bool, int, float)):
                 merged[key] = value
     return merged
+
+
+def _schema_version(db: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> int:
+    """Return the newest migration recorded (the table must exist)."""
+    got = db.execute("SELECT coalesce(max(v), 0) FROM agentmatic_migrations").fetchone()
+    return int(got[0]) if got else 0
 
 
 def _redact(url: str) -> str:
