@@ -16,6 +16,8 @@ import uuid
 
 _GREGORIAN_OFFSET = 0x01B21DD213814000  # 100 ns ticks from 1582-10-15 to 1970
 _TASK_NAMESPACE = uuid.UUID("6f0d3c1e-9a52-4c8e-b1a7-2f6f1d8e4a10").bytes
+# SHA-1 over the namespace, copied for each task id (uuid5 is SHA-1 by spec).
+_TASK_HASH = hashlib.sha1(_TASK_NAMESPACE)  # noqa: S324
 _lock = threading.Lock()
 _last_ticks = 0
 
@@ -61,8 +63,9 @@ def task_id(checkpoint_id: str, node: str, tool_call_id: str | None) -> str:
     It is ``uuid5(namespace, "<checkpoint>|<node>|<call>")``, built from the
     digest directly: a timeline computes one for every task it shows.
     """
-    name = f"{checkpoint_id}|{node}|{tool_call_id or ''}".encode()
-    raw = bytearray(hashlib.sha1(_TASK_NAMESPACE + name).digest()[:16])  # noqa: S324
+    digest = _TASK_HASH.copy()
+    digest.update(f"{checkpoint_id}|{node}|{tool_call_id or ''}".encode())
+    raw = bytearray(digest.digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()

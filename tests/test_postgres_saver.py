@@ -634,17 +634,35 @@ def test_metadata_reads_the_same_on_every_path_in_any_client_encoding(pg_url):
     saver = PostgresSaver(f"{pg_url}?client_encoding=LATIN1")
     agent, _ = build(saver)
     ask(agent, "t", "Refund $40")
+    # Numbers past 64 bits and past a double read back as jsonb holds them.
     sql(
         pg_url,
         "UPDATE agentmatic_checkpoints SET metadata = metadata || %s",
-        ('{"note": "café ñ", "ratio": 0.1}',),
+        (
+            '{"note": "café ñ", "ratio": 0.1, "big": 1180591620717411303425, '
+            '"low": -9223372036854775809, "u64": 18446744073709551615, '
+            '"id": "12345678901234567890"}',
+        ),
     )
     full = saver.get_state_history("t")
     light = saver.get_state_history("t", values=False)
     assert [s.metadata for s in light] == [s.metadata for s in full]
     assert full[0].metadata["note"] == "café ñ"
+    for state in (full[0], light[0]):
+        assert state.metadata["big"] == 2**70 + 1
+        assert state.metadata["low"] == -(2**63) - 1
+        assert state.metadata["u64"] == 2**64 - 1
+        assert state.metadata["id"] == "12345678901234567890"
+        assert type(state.metadata["big"]) is int
     assert saver.get_state("t", values=False).metadata == full[0].metadata
     assert saver.list_threads().threads[0].step == full[0].step
+    # A number past a double: jsonb writes out every digit.
+    sql(
+        pg_url,
+        "UPDATE agentmatic_checkpoints SET metadata = metadata || %s",
+        ('{"far": 1e400}',),
+    )
+    assert saver.get_state("t", values=False).metadata["far"] == 10**400
     saver.close()
 
 

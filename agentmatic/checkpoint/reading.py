@@ -386,19 +386,17 @@ def assemble_state(
     `messages` holds at least the last AI message when a tool runs next
     (its unanswered calls are the pending ones).
     """
-    node_names = tuple(dict.fromkeys(n for n, _ in scheduled))
-    # Per task: its writes, and whether one of them is a result (the task ran).
-    by_task: dict[str, list[tuple[str, Any]]] = {}
+    node_names = tuple(dict.fromkeys([n for n, _ in scheduled]))
+    # The tasks with a result among their writes (the tasks that ran).
     ran: set[str] = set()
     marks = False
-    for task_id, channel, value in pending_writes or ():
-        by_task.setdefault(task_id, []).append((channel, value))
+    for task_id, channel, _value in pending_writes or ():
         if channel in _MARKS:
             marks = True
         else:
             ran.add(task_id)
     pending: list[ToolCall] = []
-    tool_nodes = {n for n in node_names if n not in LLM_NODES and n != START}
+    tool_nodes = [n for n in node_names if n not in LLM_NODES and n != START]
     if tool_nodes and messages:
         for proposed in unanswered_tool_calls(messages):
             if proposed.name in tool_nodes or "tools" in tool_nodes:
@@ -414,6 +412,10 @@ def assemble_state(
     decisions: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     if marks:
+        # Per task, its writes in order.
+        by_task: dict[str, list[tuple[str, Any]]] = {}
+        for task_id, channel, value in pending_writes or ():
+            by_task.setdefault(task_id, []).append((channel, value))
         for task_id, writes in by_task.items():
             for channel, value in writes:
                 if channel == INTERRUPT:
@@ -468,8 +470,11 @@ def assemble_state(
                 )
             )
     # A node is next unless all its tasks ran (a node with no task stays next).
-    ran_nodes = {t.name for t in tasks} - unfinished
-    still_next = tuple(n for n in node_names if n not in ran_nodes)
+    if unfinished.issuperset(node_names):
+        still_next = node_names
+    else:
+        ran_nodes = {t.name for t in tasks} - unfinished
+        still_next = tuple(n for n in node_names if n not in ran_nodes)
     return State(
         values=values,
         next=still_next,

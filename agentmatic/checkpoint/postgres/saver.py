@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import orjson
 import ormsgpack
 import psycopg
 from psycopg.types.json import Jsonb
@@ -116,6 +117,8 @@ RESULT_STORED = "AM001"
 # More ids than this are sent to the database as a range, not a list.
 ID_LIST_MAX = 64
 MEMO_THREADS = 256
+# Distinct timeline summaries a saver keeps decoded (see `_summary`).
+SUMMARIES_KEPT = 1024
 COUNTERS = "counters_since_delta_snapshot"
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -175,7 +178,7 @@ class _Row:
     created_at: datetime | None
     # Read from the `light` summary instead of the checkpoint: the nodes it
     # runs next. Its `checkpoint` then holds only its id and ts.
-    scheduled: list[str] | None = None
+    scheduled: tuple[str, ...] | None = None
     # With `scheduled`: whether the checkpoint has a message log.
     has_messages: bool = False
 
@@ -293,6 +296,10 @@ class PostgresSaver(BaseSaver):
         self._lock = threading.Lock()
         self._memos: OrderedDict[tuple[str, str], _Memo] = OrderedDict()
         self._lease_renewed: dict[tuple[str, str], tuple[float, float]] = {}
+        # Decoded timeline summaries, by their stored bytes (see `_summary`).
+        self._summaries: dict[
+            bytes, tuple[tuple[str, ...], bool, dict[str, Any] | None]
+        ] = {}
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> PostgresSaver:
@@ -528,8 +535,17 @@ class PostgresSaver(BaseSaver):
 
     def _summary(
         self, thread_id: str, cid: str, light: bytes
-    ) -> tuple[builtins.list[str], bool, dict[str, Any] | None]:
-        """Decode a `light` summary (see `_light_summary`)."""
+    ) -> tuple[tuple[str, ...], bool, dict[str, Any] | None]:
+        """Decode a `light` summary (see `_light_summary`).
+
+        A thread's summaries are a handful of distinct values (the same nodes
+        run next step after step), so those without hidden metadata are
+        decoded once per saver.
+        """
+        light = bytes(light)
+        known = self._summaries.get(light)
+        if known is not None:
+            return known
         try:
             scheduled, has_messages, packed = ormsgpack.unpackb(light)
             if (
@@ -552,7 +568,12 @@ class PostgresSaver(BaseSaver):
             raise CorruptCheckpoint(
                 thread_id, cid, "its timeline summary is damaged"
             ) from None
-        return scheduled, has_messages, hidden
+        summary = (tuple(scheduled), has_messages, hidden)
+        if hidden is None:
+            if len(self._summaries) >= SUMMARIES_KEPT:
+                self._summaries.clear()
+            self._summaries[light] = summary
+        return summary
 
     # -- writes ------------------------------------------------------------------
 
@@ -2185,7 +2206,7 @@ class PostgresSaver(BaseSaver):
             sql += " LIMIT %s"
             params.append(int(limit))
         with self._conn() as conn:
-            rows = [self._decode_row(r) for r in conn.execute(sql, params)]
+            rows = [self._decode_row(r) for r in conn.execute(sql, params).fetchall()]
             return self._light_from_rows(conn, rows)
 
     def _light_states(
@@ -2389,9 +2410,10 @@ class PostgresSaver(BaseSaver):
         serde: Serializer,
     ) -> builtins.list[PendingWrite]:
         out: builtins.list[PendingWrite] = []
-        for task_id, channel, type_, blob, _path, _idx in sorted(
-            writes.get(checkpoint_id, []), key=lambda w: (w[4], w[0], w[5])
-        ):
+        found = writes.get(checkpoint_id, [])
+        if len(found) > 1:
+            found = sorted(found, key=lambda w: (w[4], w[0], w[5]))
+        for task_id, channel, type_, blob, _path, _idx in found:
             value: Any = None
             if blob is not None and type_ != "null":
                 # Of messages a timeline needs only the calls: read just those.
@@ -2474,10 +2496,22 @@ def _ts_text(created: datetime | None) -> str | None:
     return created.astimezone(UTC).isoformat() if created is not None else None
 
 
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
 def _row_metadata(stored: Any, hidden: Any, columns: Sequence[Any]) -> dict[str, Any]:
     """Return a checkpoint's metadata: the jsonb, the hidden part, the columns."""
     if isinstance(stored, str):
-        stored = json.loads(stored)
+        # orjson is quicker, but turns integers past 64 bits into floats and
+        # refuses numbers past a double: text with such a run of digits, or
+        # that orjson refuses, goes through the json module.
+        if _LONG_NUMBER.search(stored) is None:
+            try:
+                stored = orjson.loads(stored)
+            except orjson.JSONDecodeError:
+                stored = json.loads(stored)
+        else:
+            stored = json.loads(stored)
     metadata = dict(stored) if isinstance(stored, dict) else {}
     if isinstance(hidden, dict):
         metadata.update(hidden)
