@@ -30,6 +30,7 @@ then deletes, then collects what nothing references.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import json
 import logging
 import os
@@ -296,6 +297,10 @@ class PostgresSaver(BaseSaver):
         self._lock = threading.Lock()
         self._memos: OrderedDict[tuple[str, str], _Memo] = OrderedDict()
         self._lease_renewed: dict[tuple[str, str], tuple[float, float]] = {}
+        # The connection of the `_snapshot` this thread (or task) reads in.
+        self._pinned: contextvars.ContextVar[psycopg.Connection[Any] | None] = (
+            contextvars.ContextVar(f"agentmatic_pinned_{id(self)}", default=None)
+        )
         # Decoded timeline summaries, by their stored bytes (see `_summary`).
         self._summaries: dict[
             bytes, tuple[tuple[str, ...], bool, dict[str, Any] | None]
@@ -368,8 +373,31 @@ class PostgresSaver(BaseSaver):
             if current < LATEST:
                 self.setup()
             self._ready = True
+        pinned = self._pinned.get()
+        if pinned is not None:
+            yield pinned
+            return
         with self._pool.connection() as conn:
             yield conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Run this thread's reads inside one read-only snapshot.
+
+        A read that takes several statements (a base value, then the writes
+        since) must not see a delete that commits between them: it moves the
+        base past writes it then removes. Nested calls share the outer one.
+        """
+        if self._pinned.get() is not None:
+            yield
+            return
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            token = self._pinned.set(conn)
+            try:
+                yield
+            finally:
+                self._pinned.reset(token)
 
     def close(self) -> None:
         """Close the pool; the saver is not used afterwards."""
@@ -1481,7 +1509,7 @@ class PostgresSaver(BaseSaver):
         if channel in stored:
             value = stored[channel]
             return value if isinstance(value, DeltaSnapshot) else DeltaSnapshot(value)
-        with self._conn() as conn:
+        with self._snapshot(), self._conn() as conn:
             value = self._value_at(
                 conn,
                 str(conf["thread_id"]),
@@ -1644,6 +1672,16 @@ class PostgresSaver(BaseSaver):
             doomed = {
                 r.checkpoint_id: r.segment for r in rows if r.checkpoint_id in wanted
             }
+            # A listed checkpoint whose row is gone already (a plain DELETE
+            # since the caller listed it) leaves writes a remaining one may
+            # still rebuild from: they go below, so rebase over them too.
+            for cid, segment in conn.execute(
+                "SELECT DISTINCT checkpoint_id, segment FROM agentmatic_writes "
+                "WHERE thread_id = %s AND checkpoint_ns = %s "
+                "AND checkpoint_id = ANY(%s::text[]) AND segment IS NOT NULL",
+                (thread_id, ns, [c for c in ids if c not in doomed]),
+            ):
+                doomed.setdefault(cid, int(segment))
             self._rebase(
                 conn,
                 thread_id,
@@ -2109,9 +2147,10 @@ class PostgresSaver(BaseSaver):
         before_config = (
             thread_config(thread_id, before, checkpoint_ns) if before else None
         )
-        tuples = builtins.list(self.list(config, before=before_config, limit=limit))
-        resolver = ValueResolver(self, thread_id, checkpoint_ns)
-        return states_with_values(resolver, tuples)
+        with self._snapshot():
+            tuples = builtins.list(self.list(config, before=before_config, limit=limit))
+            resolver = ValueResolver(self, thread_id, checkpoint_ns)
+            return states_with_values(resolver, tuples)
 
     def get_state(
         self, thread_id: str, checkpoint_id: str | None = None, *, values: bool = True
@@ -2121,12 +2160,13 @@ class PostgresSaver(BaseSaver):
         if not values:
             found = self._light_states(thread_id, "", checkpoint_id)
             return found[0] if found else None
-        tup = self.get_tuple(thread_config(thread_id, checkpoint_id))
-        if tup is None:
-            return None
-        resolver = ValueResolver(self, thread_id, "")
-        resolver.add([tup])
-        return build_state(tup, values=resolver.values(tup), resolver=resolver)
+        with self._snapshot():
+            tup = self.get_tuple(thread_config(thread_id, checkpoint_id))
+            if tup is None:
+                return None
+            resolver = ValueResolver(self, thread_id, "")
+            resolver.add([tup])
+            return build_state(tup, values=resolver.values(tup), resolver=resolver)
 
     def list_threads(
         self, *, agent: str | None = None, limit: int = 50, cursor: str | None = None
