@@ -12,6 +12,9 @@ Each race is forced in one order with a hook, not left to timing.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import psycopg
 
 from agentmatic import Agent, HumanMessage
@@ -175,3 +178,61 @@ def test_a_history_read_racing_delete_checkpoints_sees_one_consistent_state(
     assert all(after[c] == before[c] for c in after)
     for s in (writer, reader, maint):
         s.close()
+
+
+def test_delete_checkpoints_and_a_plain_delete_of_the_same_rows_do_not_deadlock(
+    pg_url,
+):
+    """delete_checkpoints holding the thread's row while a plain DELETE holds
+    the checkpoint rows and waits (in its count trigger) for the thread's row:
+    delete_checkpoints takes the checkpoint rows first, so one waits for the
+    other instead of both for each other."""
+    saver = PostgresSaver(pg_url)
+    before = run(saver, "t", 4)
+    ids = sorted(before)
+    doomed = ids[2:4]
+    age(pg_url, "t", doomed)
+    plain = psycopg.connect(pg_url)
+    pid = plain.info.backend_pid
+    errors: list[BaseException] = []
+
+    def plain_delete() -> None:
+        try:
+            plain.execute(seed.RETENTION_SQL)
+            plain.commit()
+        except psycopg.Error as exc:
+            errors.append(exc)
+            plain.rollback()
+
+    def waiting(backend: int) -> bool:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                (backend,),
+            ).fetchone()
+        return row is not None and row[0] == "Lock"
+
+    real = saver._rows
+    started: list[threading.Thread] = []
+
+    def rows_then_let_the_plain_delete_in(conn, thread_id, ns):
+        # delete_checkpoints holds its locks here; the plain DELETE now runs
+        # until it waits for one of them.
+        if not started:
+            started.append(threading.Thread(target=plain_delete))
+            started[0].start()
+            deadline = time.monotonic() + 10
+            while not waiting(pid) and started[0].is_alive():
+                assert time.monotonic() < deadline, "the plain DELETE never waited"
+                time.sleep(0.02)
+        return real(conn, thread_id, ns)
+
+    saver._rows = rows_then_let_the_plain_delete_in
+    assert saver.delete_checkpoints("t", "", doomed) == 2
+    started[0].join(10)
+    assert errors == []
+    plain.close()
+    after = message_ids(PostgresSaver(pg_url), "t")
+    assert sorted(after) == [c for c in ids if c not in doomed]
+    assert all(after[c] == before[c] for c in after)
+    saver.close()

@@ -1666,6 +1666,15 @@ class PostgresSaver(BaseSaver):
         thread_id, ns = str(thread_id), str(checkpoint_ns)
         self.anchor_deletions(thread_id, ns, ids)
         with self._conn() as conn, conn.transaction():
+            # The rows first, then the thread: the order a plain DELETE takes
+            # them in (its count trigger updates the thread), so the two wait
+            # for each other in turn instead of deadlocking.
+            conn.execute(
+                "SELECT 1 FROM agentmatic_checkpoints WHERE thread_id = %s "
+                "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[]) "
+                "ORDER BY checkpoint_id FOR UPDATE",
+                (thread_id, ns, ids),
+            )
             self._lock_thread(conn, thread_id, ns, False)
             rows = self._rows(conn, thread_id, ns)
             wanted = set(ids)
