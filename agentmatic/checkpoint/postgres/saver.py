@@ -520,6 +520,21 @@ class PostgresSaver(BaseSaver):
         # what the chain covers.
         light = raw[13] if len(raw) > 13 and self.chain is None else None
         summary = self._summary(thread_id, cid, light) if light is not None else None
+        hidden = summary[2] if summary is not None else None
+        if data is None and summary is not None:
+            return _Row(
+                thread_id=thread_id,
+                ns=ns,
+                checkpoint_id=cid,
+                parent_id=parent,
+                segment=int(segment),
+                checkpoint={"id": cid, "ts": _ts_text(created)},
+                blob_channels=[],
+                metadata=_row_metadata(metadata, hidden, raw[9:13]),
+                created_at=created,
+                scheduled=summary[0],
+                has_messages=summary[1],
+            )
         row = _Row(
             thread_id=thread_id,
             ns=ns,
@@ -531,12 +546,6 @@ class PostgresSaver(BaseSaver):
             metadata={},
             created_at=created,
         )
-        hidden = summary[2] if summary is not None else None
-        if data is None and summary is not None:
-            row.scheduled, row.has_messages = summary[0], summary[1]
-            row.checkpoint["ts"] = _ts_text(created)
-            row.metadata = _row_metadata(metadata, hidden, raw[9:13])
-            return row
         serde = serde or self.serde
         try:
             checkpoint = serde.loads_typed(
