@@ -41,6 +41,7 @@ from agentmatic.checkpoint.base import (
 )
 from agentmatic.checkpoint.reading import (
     START,
+    AncestorMissing,
     ValueResolver,
     build_state,
     is_state_channel,
@@ -48,7 +49,7 @@ from agentmatic.checkpoint.reading import (
     version_key,
 )
 from agentmatic.checkpoint.serde import DeltaSnapshot
-from agentmatic.errors import ThreadConflict
+from agentmatic.errors import CheckpointNotFound, CorruptCheckpoint, ThreadConflict
 from agentmatic.messages import BaseMessage, MessageLog, ToolCall
 from agentmatic.state import State
 
@@ -164,12 +165,38 @@ class Lease:
 
 
 def load_cursor(saver: BaseSaver, tup: CheckpointTuple) -> Cursor:
+    """Return the cursor at `tup`, its values whole.
+
+    A run stores what it reads here (a branch, a fork or new input stores the
+    message log as a snapshot), so a log cut short by a delete that commits
+    while its stretch is read must not be returned: the checkpoint is read
+    again (a `prune` may have stored its values meanwhile) and its values
+    rebuilt; if it is gone, `CheckpointNotFound`.
+    """
     conf = tup.config["configurable"]
-    resolver = ValueResolver(saver, conf["thread_id"], conf.get("checkpoint_ns", ""))
-    resolver.add([tup])
-    values = resolver.values(tup)
+    thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
+    for attempt in range(_REBUILD_ATTEMPTS):
+        resolver = ValueResolver(saver, thread_id, ns, strict=True)
+        resolver.add([tup])
+        try:
+            values = resolver.values(tup)
+            break
+        except AncestorMissing as exc:
+            fresh = saver.get_tuple(tup.config)
+            if fresh is None:
+                raise CheckpointNotFound(thread_id, tup.checkpoint["id"]) from None
+            if attempt == _REBUILD_ATTEMPTS - 1:
+                raise CorruptCheckpoint(
+                    thread_id,
+                    tup.checkpoint["id"],
+                    f"its message log cannot be rebuilt: {exc}",
+                ) from None
+            tup = fresh
     messages = values.pop(MESSAGES, [])
     return Cursor(tup=tup, messages=MessageLog(messages), other=values)
+
+
+_REBUILD_ATTEMPTS = 3
 
 
 @dataclass

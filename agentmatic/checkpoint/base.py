@@ -369,6 +369,8 @@ class BaseSaver(ABC):
         parent_id: str | None,
         checkpoint: dict[str, Any],
         metadata: dict[str, Any],
+        *,
+        resealed_from: str = "",
     ) -> dict[str, Any]:
         """Return the metadata `put` stores: with the chain record when chained.
 
@@ -378,7 +380,13 @@ class BaseSaver(ABC):
         if self.chain is None:
             return metadata
         return self.chain.seal(
-            self, thread_id, checkpoint_ns, parent_id, checkpoint, metadata
+            self,
+            thread_id,
+            checkpoint_ns,
+            parent_id,
+            checkpoint,
+            metadata,
+            resealed_from=resealed_from,
         )
 
     def anchor_deletions(
@@ -391,6 +399,14 @@ class BaseSaver(ABC):
         """
         if self.chain is not None and checkpoint_ids:
             self.chain.anchor(self, thread_id, checkpoint_ns, checkpoint_ids)
+
+    def anchor_orphans(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
+    ) -> None:
+        """After deleting checkpoints, anchor children written since
+        `anchor_deletions` ran (a branch started on one of them meanwhile)."""
+        if self.chain is not None and checkpoint_ids:
+            self.chain.anchor_orphans(self, thread_id, checkpoint_ns, checkpoint_ids)
 
     def with_values_inlined(
         self, tup: CheckpointTuple
@@ -422,8 +438,18 @@ class BaseSaver(ABC):
                 stored[ch] = DeltaSnapshot(values[ch])
         checkpoint = {**tup.checkpoint, "channel_values": stored}
         parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        old = dict(tup.metadata or {})
+        record = old.get("chain")
+        # Children sealed on the old MAC stay linked (a runner may have
+        # appended one since `tup` was read).
+        before = record.get("mac") if isinstance(record, dict) else None
         metadata = self.sealed_metadata(
-            conf["thread_id"], ns, parent, checkpoint, dict(tup.metadata or {})
+            conf["thread_id"],
+            ns,
+            parent,
+            checkpoint,
+            old,
+            resealed_from=before if isinstance(before, str) else "",
         )
         return checkpoint, metadata
 

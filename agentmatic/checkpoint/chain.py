@@ -111,8 +111,15 @@ class Chain:
         parent_id: str | None,
         checkpoint: dict[str, Any],
         metadata: dict[str, Any],
+        *,
+        resealed_from: str = "",
     ) -> dict[str, Any]:
-        """Return `metadata` with the checkpoint's chain record added."""
+        """Return `metadata` with the checkpoint's chain record added.
+
+        `resealed_from` is the MAC the checkpoint had before (it is stored
+        again with its delta values inlined): a child sealed on that MAC still
+        links to it, as the new MAC vouches for the old one.
+        """
         from agentmatic.checkpoint.base import thread_config
 
         parent = (
@@ -128,6 +135,8 @@ class Chain:
             "parent_mac": _mac_of(parent.metadata) if parent else "",
             "writes": writes_digest(parent.pending_writes if parent else None),
         }
+        if resealed_from:
+            record["resealed_from"] = resealed_from
         record["mac"] = self._mac(
             checkpoint_ns,
             str(checkpoint["id"]),
@@ -145,19 +154,20 @@ class Chain:
         checkpoint_digest: str,
         metadata_digest: str,
     ) -> str:
-        message = _PACKER.dumps(
-            [
-                "agentmatic-chain",
-                VERSION,
-                ns,
-                checkpoint_id,
-                record.get("parent_id") or "",
-                record.get("parent_mac") or "",
-                record.get("writes") or "",
-                checkpoint_digest,
-                metadata_digest,
-            ]
-        )
+        fields = [
+            "agentmatic-chain",
+            VERSION,
+            ns,
+            checkpoint_id,
+            record.get("parent_id") or "",
+            record.get("parent_mac") or "",
+            record.get("writes") or "",
+            checkpoint_digest,
+            metadata_digest,
+        ]
+        if record.get("resealed_from"):
+            fields += ["resealed_from", str(record["resealed_from"])]
+        message = _PACKER.dumps(fields)
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     # -- anchors -----------------------------------------------------------------
@@ -195,9 +205,57 @@ class Chain:
             parent_id = _parent_id(tup)
             if cid in doomed or parent_id not in doomed:
                 continue
-            parent_mac = _mac_of(by_id[parent_id].metadata)
-            if not parent_mac:
+            parent_macs = _macs_of(by_id[parent_id].metadata)
+            if not parent_macs:
                 continue
+            # The MAC the child was sealed on: the parent's own, or the one it
+            # had before it was resealed with its values inlined.
+            sealed_on = ((tup.metadata or {}).get("chain") or {}).get("parent_mac")
+            parent_mac = sealed_on if sealed_on in parent_macs else parent_macs[0]
+            value = {
+                "v": VERSION,
+                "parent_id": parent_id,
+                "parent_mac": parent_mac,
+                "mac": self.anchor_mac(checkpoint_ns, cid, parent_id, parent_mac),
+            }
+            saver.put_writes(
+                tup.config, [(ANCHOR_CHANNEL, value)], ANCHOR_TASK_PREFIX + parent_id
+            )
+            written += 1
+        return written
+
+    def anchor_orphans(
+        self,
+        saver: BaseSaver,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_ids: Iterable[str],
+    ) -> int:
+        """After deleting `checkpoint_ids`, anchor each child of one of them
+        that `anchor` did not see (written between it and the delete).
+
+        The anchor records the parent MAC the child was sealed on. Return how
+        many anchors were written.
+        """
+        from agentmatic.checkpoint.base import thread_config
+
+        doomed = set(checkpoint_ids)
+        if not doomed:
+            return 0
+        tuples = list(saver.list(thread_config(thread_id, checkpoint_ns=checkpoint_ns)))
+        present = {t.checkpoint["id"] for t in tuples}
+        written = 0
+        for tup in tuples:
+            cid = tup.checkpoint["id"]
+            parent_id = _parent_id(tup)
+            if parent_id not in doomed or parent_id in present:
+                continue
+            record = (tup.metadata or {}).get("chain")
+            if not isinstance(record, dict) or not record.get("parent_mac"):
+                continue
+            if self._anchored(tup, checkpoint_ns, cid, parent_id, record):
+                continue
+            parent_mac = str(record["parent_mac"])
             value = {
                 "v": VERSION,
                 "parent_id": parent_id,
@@ -256,7 +314,7 @@ class Chain:
                 f"its parent {actual_parent!r} is missing and no anchor records "
                 "its deletion"
             )
-        if (record.get("parent_mac") or "") != _mac_of(parent.metadata):
+        if (record.get("parent_mac") or "") not in (_macs_of(parent.metadata) or [""]):
             return "its parent's MAC is not the one it was sealed with"
         return None
 
@@ -498,6 +556,15 @@ def _mac_of(metadata: dict[str, Any] | None) -> str:
     if isinstance(record, dict) and isinstance(record.get("mac"), str):
         return str(record["mac"])
     return ""
+
+
+def _macs_of(metadata: dict[str, Any] | None) -> list[str]:
+    """Return a checkpoint's MAC and, if it was resealed, the one before."""
+    mac = _mac_of(metadata)
+    if not mac:
+        return []
+    before = ((metadata or {}).get("chain") or {}).get("resealed_from")
+    return [mac, str(before)] if isinstance(before, str) and before else [mac]
 
 
 def _parent_id(tup: CheckpointTuple) -> str | None:

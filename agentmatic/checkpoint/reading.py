@@ -156,13 +156,35 @@ def _reducer_for(channel: str) -> Reducer:
     return concat
 
 
-class ValueResolver:
-    """Rebuilds channel values of checkpoints, sharing work across a thread."""
+class AncestorMissing(LookupError):
+    """A delta channel's walk named a parent that is not stored (any more)."""
 
-    def __init__(self, saver: BaseSaver, thread_id: str, checkpoint_ns: str = ""):
+    def __init__(self, checkpoint_id: str, parent_id: str) -> None:
+        super().__init__(f"checkpoint {checkpoint_id!r}: parent {parent_id!r} is gone")
+        self.checkpoint_id = checkpoint_id
+        self.parent_id = parent_id
+
+
+class ValueResolver:
+    """Rebuilds channel values of checkpoints, sharing work across a thread.
+
+    With `strict`, a delta channel whose walk back to its snapshot meets a
+    parent that is not stored raises `AncestorMissing` instead of starting
+    the value there: a delete committed mid-walk, or the thread lost rows.
+    """
+
+    def __init__(
+        self,
+        saver: BaseSaver,
+        thread_id: str,
+        checkpoint_ns: str = "",
+        *,
+        strict: bool = False,
+    ):
         self.saver = saver
         self.thread_id = thread_id
         self.checkpoint_ns = checkpoint_ns
+        self.strict = strict
         self.tuples: dict[str, CheckpointTuple] = {}
         self._values: dict[tuple[str, str], Any] = {}
 
@@ -252,6 +274,8 @@ class ValueResolver:
                     base = self._values[ckey] = rebuilt
                     break
             cursor = self._tuple(parent_id) if parent_id else None
+            if cursor is None and parent_id and self.strict:
+                raise AncestorMissing(chain[-1].checkpoint["id"], parent_id)
             if cursor is not None and cursor.checkpoint["id"] in walked:
                 break
         value = base

@@ -913,6 +913,7 @@ class RedisSaver(BaseSaver):
                     ]
                 )
             )
+        self.anchor_orphans(thread_id, checkpoint_ns, ids)
         return count
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -955,13 +956,16 @@ class RedisSaver(BaseSaver):
             for raw_ns in self.client.smembers(self._key(thread_id, "ns")):
                 ns = _text(raw_ns)
                 newest = self.get_tuple(thread_config(thread_id, None, ns))
-                inlined = self.with_values_inlined(newest) if newest else None
-                if newest is not None and inlined is not None:
+                if newest is None:
+                    continue
+                inlined = self.with_values_inlined(newest)
+                if inlined is not None:
                     self._rewrite(newest, *inlined)
-                self.anchor_deletions(thread_id, ns, self._ids(thread_id, ns)[:-1])
-            self._delete_thread_script(
-                args=[self.prefix, _check(thread_id, "thread id"), "1"]
-            )
+                # Only what is older than the head just made whole: a checkpoint
+                # a runner appended since may still rebuild from that head.
+                head = str(newest.checkpoint["id"])
+                older = [c for c in self._ids(thread_id, ns) if c < head]
+                self.delete_checkpoints(thread_id, ns, older)
 
     def _rewrite(
         self,

@@ -1125,6 +1125,7 @@ class S3Saver(BaseSaver):
             keys.extend(self._list(self._writes_prefix(thread_id, checkpoint_ns, cid)))
         self._delete_many(keys)
         self._retire_positions(old, new)
+        self.anchor_orphans(thread_id, checkpoint_ns, sorted(doomed))
         return len(removed)
 
     def _entry_keys(self, thread_id: str, ns: str, entry: _Entry) -> builtins.list[str]:

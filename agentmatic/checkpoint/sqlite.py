@@ -821,7 +821,9 @@ class SQLiteSaver(BaseSaver):
         if not keys:
             return 0
         self._anchor(keys)
-        return self._write(lambda conn: self._delete_rows(conn, keys))
+        count = self._write(lambda conn: self._delete_rows(conn, keys))
+        self.anchor_orphans(str(thread_id), checkpoint_ns, [k[2] for k in keys])
+        return count
 
     def _delete_rows(
         self, conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str]]

@@ -1719,6 +1719,7 @@ class PostgresSaver(BaseSaver):
             )
             self._collect(conn, thread_id, ns)
         self._forget(thread_id)
+        self.anchor_orphans(thread_id, ns, ids)
         return count
 
     def _rows(
