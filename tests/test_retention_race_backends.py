@@ -225,6 +225,27 @@ def test_new_input_on_head_racing_prune_never_stores_a_short_log(open_saver, ski
             assert not lost, f"{cid} lost {len(lost)} of the {len(want)} messages"
 
 
+def between_prunes_read_and_delete(
+    saver: BaseSaver, action: Callable[[], None]
+) -> None:
+    """Run `action` between prune's read of the head and its deletes: prune
+    inlines the head (most backends), or deletes through delete_checkpoints
+    (Postgres). `action` must run only once however often it is called."""
+    inline, delete = saver.with_values_inlined, saver.delete_checkpoints
+
+    def inline_then_act(tup):
+        out = inline(tup)
+        action()
+        return out
+
+    def act_then_delete(*args):
+        action()
+        return delete(*args)
+
+    saver.with_values_inlined = inline_then_act  # type: ignore[method-assign]
+    saver.delete_checkpoints = act_then_delete  # type: ignore[method-assign]
+
+
 def test_prune_racing_an_append_keeps_the_new_head_whole(open_saver):
     """prune reads the head, then a runner appends a delta checkpoint on it,
     then prune deletes: the new head must still read its whole log."""
@@ -242,21 +263,7 @@ def test_prune_racing_an_append_keeps_the_new_head_whole(open_saver):
             )
             want.extend(m.id for m in runner.get_state("t").values["messages"])
 
-    # Between prune's read of the head and its deletes: it inlines the head
-    # (most backends), or deletes through delete_checkpoints (Postgres).
-    inline, delete = maint.with_values_inlined, maint.delete_checkpoints
-
-    def inline_then_append(tup):
-        out = inline(tup)
-        append()
-        return out
-
-    def append_then_delete(*args):
-        append()
-        return delete(*args)
-
-    maint.with_values_inlined = inline_then_append  # type: ignore[method-assign]
-    maint.delete_checkpoints = append_then_delete  # type: ignore[method-assign]
+    between_prunes_read_and_delete(maint, append)
     want: list[str] = []
     maint.prune(["t"])
     assert appended
@@ -302,7 +309,6 @@ def test_prune_racing_an_append_keeps_the_chain_verifiable(open_saver):
     runner, maint = open_saver(chain_key=KEY), open_saver(chain_key=KEY)
     agent_on(runner, steps=1).invoke({"messages": [HumanMessage("one")]}, cfg("t"))
     appended: list[bool] = []
-    inline, delete = maint.with_values_inlined, maint.delete_checkpoints
 
     def append() -> None:
         if not appended:
@@ -311,17 +317,7 @@ def test_prune_racing_an_append_keeps_the_chain_verifiable(open_saver):
                 {"messages": [HumanMessage("two")]}, cfg("t")
             )
 
-    def inline_then_append(tup):
-        out = inline(tup)
-        append()
-        return out
-
-    def append_then_delete(*args):
-        append()
-        return delete(*args)
-
-    maint.with_values_inlined = inline_then_append  # type: ignore[method-assign]
-    maint.delete_checkpoints = append_then_delete  # type: ignore[method-assign]
+    between_prunes_read_and_delete(maint, append)
     maint.prune(["t"])
     assert appended
     report = verify(open_saver(chain_key=KEY), "t")

@@ -212,15 +212,7 @@ class Chain:
             # had before it was resealed with its values inlined.
             sealed_on = ((tup.metadata or {}).get("chain") or {}).get("parent_mac")
             parent_mac = sealed_on if sealed_on in parent_macs else parent_macs[0]
-            value = {
-                "v": VERSION,
-                "parent_id": parent_id,
-                "parent_mac": parent_mac,
-                "mac": self.anchor_mac(checkpoint_ns, cid, parent_id, parent_mac),
-            }
-            saver.put_writes(
-                tup.config, [(ANCHOR_CHANNEL, value)], ANCHOR_TASK_PREFIX + parent_id
-            )
+            self._write_anchor(saver, tup, checkpoint_ns, parent_id, parent_mac)
             written += 1
         return written
 
@@ -255,18 +247,31 @@ class Chain:
                 continue
             if self._anchored(tup, checkpoint_ns, cid, parent_id, record):
                 continue
-            parent_mac = str(record["parent_mac"])
-            value = {
-                "v": VERSION,
-                "parent_id": parent_id,
-                "parent_mac": parent_mac,
-                "mac": self.anchor_mac(checkpoint_ns, cid, parent_id, parent_mac),
-            }
-            saver.put_writes(
-                tup.config, [(ANCHOR_CHANNEL, value)], ANCHOR_TASK_PREFIX + parent_id
+            self._write_anchor(
+                saver, tup, checkpoint_ns, parent_id, str(record["parent_mac"])
             )
             written += 1
         return written
+
+    def _write_anchor(
+        self,
+        saver: BaseSaver,
+        tup: CheckpointTuple,
+        checkpoint_ns: str,
+        parent_id: str,
+        parent_mac: str,
+    ) -> None:
+        """Store, as a write on the child `tup`, that `parent_id` was deleted."""
+        cid = str(tup.checkpoint["id"])
+        value = {
+            "v": VERSION,
+            "parent_id": parent_id,
+            "parent_mac": parent_mac,
+            "mac": self.anchor_mac(checkpoint_ns, cid, parent_id, parent_mac),
+        }
+        saver.put_writes(
+            tup.config, [(ANCHOR_CHANNEL, value)], ANCHOR_TASK_PREFIX + parent_id
+        )
 
     # -- verifying ---------------------------------------------------------------
 
