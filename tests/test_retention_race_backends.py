@@ -35,9 +35,26 @@ def noop(payload: str) -> str:
 @pytest.fixture(params=BACKENDS)
 def open_saver(request, tmp_path) -> Iterator[Callable[[], BaseSaver]]:
     """A factory of savers on one shared store (so two can race)."""
+    yield from _savers(request, tmp_path, request.param)
+
+
+@pytest.fixture(params=["memory", *BACKENDS])
+def any_saver(request, tmp_path) -> Iterator[Callable[[], BaseSaver]]:
+    """As `open_saver`, with MemorySaver too (one instance is its store)."""
+    yield from _savers(request, tmp_path, request.param)
+
+
+def _savers(request, tmp_path, kind: str) -> Iterator[Callable[[], BaseSaver]]:
     made: list[BaseSaver] = []
-    kind = request.param
-    if kind == "sqlite":
+    if kind == "memory":
+        from agentmatic.checkpoint import MemorySaver
+
+        shared = MemorySaver()
+
+        def make(**kw: Any) -> BaseSaver:
+            return shared
+
+    elif kind == "sqlite":
         from agentmatic.checkpoint.sqlite import SQLiteSaver
 
         path = str(tmp_path / "race.db")
@@ -322,3 +339,56 @@ def test_prune_racing_an_append_keeps_the_chain_verifiable(open_saver):
     assert appended
     report = verify(open_saver(chain_key=KEY), "t")
     assert report.ok, (report.checkpoint_id, report.reason)
+
+
+@pytest.mark.parametrize("how", ["delete_for_runs", "delete_checkpoints"])
+def test_deleting_an_earlier_run_keeps_the_later_runs_logs_whole(any_saver, how):
+    """Deleting an earlier run keeps the later run's message logs whole."""
+    open_saver = any_saver
+    saver = open_saver()
+    before, _source = two_runs(saver)
+    tuples = list(saver.list(cfg("t")))
+    runs = {t.metadata.get("run_id") for t in tuples}
+    first = min(tuples, key=lambda t: t.checkpoint["id"]).metadata["run_id"]
+    assert len(runs) == 2
+    doomed = [t.checkpoint["id"] for t in tuples if t.metadata["run_id"] == first]
+    if how == "delete_for_runs":
+        saver.delete_for_runs([first])
+    else:
+        saver.delete_checkpoints("t", "", doomed)
+    after = message_ids(open_saver(), "t")
+    assert sorted(after) == sorted(c for c in before if c not in doomed)
+    for cid, ids in after.items():
+        assert ids == before[cid], f"{cid} reads {len(ids)} of {len(before[cid])}"
+    # And the thread runs on from its head.
+    agent_on(saver).invoke({"messages": [HumanMessage("three")]}, cfg("t"))
+    head = saver.get_state("t")
+    assert [m.id for m in head.values["messages"]][: len(before[max(before)])] == (
+        before[max(before)]
+    )
+
+
+def test_deleting_a_paused_run_keeps_the_run_that_resumed_it_whole(
+    any_saver, tmp_path, monkeypatch
+):
+    """A resume is a run of its own whose checkpoints continue the paused
+    run's log: deleting the paused run keeps them whole."""
+    from tests import payments_agent
+
+    monkeypatch.setattr(payments_agent, "LEDGER", str(tmp_path / "ledger"))
+    open_saver = any_saver
+    saver = open_saver()
+    agent = payments_agent.build(saver)
+    refund = {"messages": [HumanMessage("Refund order #42 for $250.")]}
+    assert agent.invoke(refund, cfg("p")).next == ("transfer_funds",)
+    assert agent.invoke(None, cfg("p")).next == ()
+    before = message_ids(saver, "p")
+    tuples = list(saver.list(cfg("p")))
+    first = min(tuples, key=lambda t: t.checkpoint["id"]).metadata["run_id"]
+    doomed = [t.checkpoint["id"] for t in tuples if t.metadata["run_id"] == first]
+    assert 0 < len(doomed) < len(tuples)
+    saver.delete_for_runs([first])
+    after = message_ids(open_saver(), "p")
+    assert sorted(after) == sorted(c for c in before if c not in doomed)
+    for cid, ids in after.items():
+        assert ids == before[cid], f"{cid} reads {len(ids)} of {len(before[cid])}"

@@ -389,6 +389,43 @@ class BaseSaver(ABC):
             resealed_from=resealed_from,
         )
 
+    def keep_children_whole(
+        self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
+    ) -> None:
+        """Before deleting checkpoints, store their remaining children whole.
+
+        A child's delta value (the message log) is its parent's plus the
+        writes stored on the parent, and both go with the parent: each child
+        that keeps its value that way is stored again with it inlined, so it
+        stays readable and resumable. Call it, before `anchor_deletions`,
+        from every method that deletes some (not all) of a thread.
+        """
+        doomed = {str(c) for c in checkpoint_ids}
+        if not doomed:
+            return
+        children = [
+            tup
+            for tup in self.list(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
+            if tup.checkpoint["id"] not in doomed
+            and (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+            in doomed
+        ]
+        for tup in children:
+            inlined = self.with_values_inlined(tup)
+            if inlined is not None:
+                self._rewrite(tup, *inlined)
+
+    def _rewrite(
+        self,
+        tup: CheckpointTuple,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        """Store a checkpoint again in place, its delta values inlined: only
+        `prune` and `keep_children_whole` do, for one about to lose its
+        ancestors."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rewrite")
+
     def anchor_deletions(
         self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
     ) -> None:

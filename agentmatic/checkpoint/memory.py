@@ -237,6 +237,7 @@ class MemorySaver(BaseSaver):
                         if str(self.serde.loads_typed(item.metadata).get("run_id"))
                         in wanted
                     ]
+                    self.keep_children_whole(tid, ns, doomed)
                     self.anchor_deletions(tid, ns, doomed)
                     self._delete(tid, ns, doomed)
 
@@ -261,6 +262,7 @@ class MemorySaver(BaseSaver):
         self, thread_id: str, checkpoint_ns: str, checkpoint_ids: Sequence[str]
     ) -> int:
         with self._lock:
+            self.keep_children_whole(thread_id, checkpoint_ns, checkpoint_ids)
             self.anchor_deletions(thread_id, checkpoint_ns, checkpoint_ids)
             return self._delete(thread_id, checkpoint_ns, checkpoint_ids)
 
@@ -291,44 +293,30 @@ class MemorySaver(BaseSaver):
                 for ns, stored in self._threads.get(tid, {}).items():
                     if stored:
                         newest = max(stored)
-                        self._snapshot_deltas(tid, ns, newest)
+                        head = self._tuple(tid, ns, newest, stored[newest])
+                        inlined = self.with_values_inlined(head)
+                        if inlined is not None:
+                            self._rewrite(head, *inlined)
                         doomed = [c for c in stored if c != newest]
                         self.anchor_deletions(tid, ns, doomed)
                         self._delete(tid, ns, doomed)
 
-    def _snapshot_deltas(self, thread_id: str, ns: str, checkpoint_id: str) -> None:
-        """Store full values of delta channels in a checkpoint about to lose its
-        ancestors, so it stays readable on its own."""
-        from agentmatic.checkpoint.reading import ValueResolver, is_state_channel
-        from agentmatic.checkpoint.serde import DeltaSnapshot
-
-        item = self._threads[thread_id][ns][checkpoint_id]
-        tup = self._tuple(thread_id, ns, checkpoint_id, item)
-        resolver = ValueResolver(self, thread_id, ns)
-        resolver.add([tup])
-        values = resolver.values(tup)
-        checkpoint = tup.checkpoint
-        stored = checkpoint.setdefault("channel_values", {})
-        missing = [
-            ch
-            for ch in checkpoint.get("channel_versions") or {}
-            if is_state_channel(ch) and ch not in stored and ch in values
-        ]
-        if not missing:
-            return
-        for ch in missing:
-            stored[ch] = DeltaSnapshot(values[ch])
-        metadata = item.metadata
-        if self.chain is not None:
-            # The content changed on purpose: seal it again (same parent link).
-            metadata = self.serde.dumps_typed(
-                self.sealed_metadata(
-                    thread_id, ns, item.parent_id, checkpoint, tup.metadata
-                )
+    def _rewrite(
+        self,
+        tup: CheckpointTuple,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        conf = tup.config["configurable"]
+        thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns") or "")
+        cid = str(conf["checkpoint_id"])
+        with self._lock:
+            item = self._threads[thread_id][ns][cid]
+            self._threads[thread_id][ns][cid] = _Stored(
+                self.serde.dumps_typed(checkpoint),
+                self.serde.dumps_typed(metadata),
+                item.parent_id,
             )
-        self._threads[thread_id][ns][checkpoint_id] = _Stored(
-            self.serde.dumps_typed(checkpoint), metadata, item.parent_id
-        )
 
     # -- leases --------------------------------------------------------------
 

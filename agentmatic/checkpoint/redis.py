@@ -900,6 +900,7 @@ class RedisSaver(BaseSaver):
         ids = [_check(str(c), "checkpoint id") for c in checkpoint_ids]
         if not ids:
             return 0
+        self.keep_children_whole(thread_id, checkpoint_ns, ids)
         self.anchor_deletions(thread_id, checkpoint_ns, ids)
         count = 0
         for start in range(0, len(ids), 500):
@@ -973,8 +974,6 @@ class RedisSaver(BaseSaver):
         checkpoint: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
-        """Store a checkpoint again in place: only `prune` does, to keep the
-        newest readable once its ancestors are gone."""
         conf = tup.config["configurable"]
         thread_id, ns = conf["thread_id"], conf["checkpoint_ns"]
         member = f"{ns}{SEP}{conf['checkpoint_id']}"

@@ -1094,6 +1094,7 @@ class S3Saver(BaseSaver):
         doomed = {str(c) for c in checkpoint_ids}
         if not doomed:
             return 0
+        self.keep_children_whole(thread_id, checkpoint_ns, sorted(doomed))
         self.anchor_deletions(thread_id, checkpoint_ns, sorted(doomed))
         removed: builtins.list[_Entry] = []
 
@@ -1219,8 +1220,6 @@ class S3Saver(BaseSaver):
         checkpoint: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
-        """Store a checkpoint again in place: only `prune` does, to keep the
-        newest readable once its ancestors are gone."""
         conf = tup.config["configurable"]
         thread_id, ns, cid = (
             conf["thread_id"],

@@ -806,11 +806,12 @@ class SQLiteSaver(BaseSaver):
         self._write(lambda conn: self._delete_rows(conn, doomed))
 
     def _anchor(self, keys: Sequence[tuple[str, str, str]]) -> None:
-        """Anchor the chain of checkpoints that survive these deletions."""
+        """Keep whole and anchor the checkpoints that survive these deletions."""
         groups: dict[tuple[str, str], builtins.list[str]] = {}
         for thread_id, ns, cid in keys:
             groups.setdefault((thread_id, ns), []).append(cid)
         for (thread_id, ns), ids in groups.items():
+            self.keep_children_whole(thread_id, ns, ids)
             self.anchor_deletions(thread_id, ns, ids)
 
     def delete_checkpoints(
@@ -940,27 +941,7 @@ class SQLiteSaver(BaseSaver):
                 inlined: tuple[dict[str, Any], dict[str, Any]] | None = inlined,
             ) -> None:
                 if inlined is not None:
-                    checkpoint, metadata = inlined
-                    type_, blob = self.serde.dumps_typed(checkpoint)
-                    conn.execute(
-                        "UPDATE checkpoints SET type = ?, checkpoint = ?, metadata = ? "
-                        "WHERE thread_id = ? AND checkpoint_ns = ? "
-                        "AND checkpoint_id = ?",
-                        (
-                            type_,
-                            blob,
-                            _dump_metadata(metadata, thread_id),
-                            thread_id,
-                            ns,
-                            head_id,
-                        ),
-                    )
-                    conn.execute(
-                        f"UPDATE {self._s}.agentmatic_index SET needs_parent = 0 "
-                        "WHERE thread_id = ? AND checkpoint_ns = ? "
-                        "AND checkpoint_id = ?",
-                        (thread_id, ns, head_id),
-                    )
+                    self._store_inlined(conn, thread_id, ns, head_id, *inlined)
                 doomed = conn.execute(
                     "SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints "
                     "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id < ?",
@@ -969,6 +950,50 @@ class SQLiteSaver(BaseSaver):
                 self._delete_rows(conn, doomed)
 
             self._write(write)
+
+    def _rewrite(
+        self,
+        tup: CheckpointTuple,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        conf = tup.config["configurable"]
+        thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns") or "")
+        cid = str(conf["checkpoint_id"])
+        self._write(
+            lambda conn: self._store_inlined(
+                conn, thread_id, ns, cid, checkpoint, metadata
+            )
+        )
+
+    def _store_inlined(
+        self,
+        conn: sqlite3.Connection,
+        thread_id: str,
+        ns: str,
+        checkpoint_id: str,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        """Store a checkpoint again with its delta values inlined (see `_rewrite`)."""
+        type_, blob = self.serde.dumps_typed(checkpoint)
+        conn.execute(
+            "UPDATE checkpoints SET type = ?, checkpoint = ?, metadata = ? "
+            "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+            (
+                type_,
+                blob,
+                _dump_metadata(metadata, thread_id),
+                thread_id,
+                ns,
+                checkpoint_id,
+            ),
+        )
+        conn.execute(
+            f"UPDATE {self._s}.agentmatic_index SET needs_parent = 0 "
+            "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+            (thread_id, ns, checkpoint_id),
+        )
 
     # -- leases ------------------------------------------------------------------------
 
