@@ -403,17 +403,22 @@ class BaseSaver(ABC):
         doomed = {str(c) for c in checkpoint_ids}
         if not doomed:
             return
-        children = [
-            tup
-            for tup in self.list(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
-            if tup.checkpoint["id"] not in doomed
-            and (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-            in doomed
-        ]
-        for tup in children:
+        for tup in self._children_of(thread_id, checkpoint_ns, doomed):
             inlined = self.with_values_inlined(tup)
             if inlined is not None:
                 self._rewrite(tup, *inlined)
+
+    def _children_of(
+        self, thread_id: str, checkpoint_ns: str, parents: set[str]
+    ) -> builtins.list[CheckpointTuple]:
+        """Return the checkpoints, not among `parents`, whose parent is."""
+        return [
+            tup
+            for tup in self.list(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
+            if tup.checkpoint["id"] not in parents
+            and (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+            in parents
+        ]
 
     def _rewrite(
         self,

@@ -951,6 +951,35 @@ class SQLiteSaver(BaseSaver):
 
             self._write(write)
 
+    def _children_of(
+        self, thread_id: str, checkpoint_ns: str, parents: set[str]
+    ) -> builtins.list[CheckpointTuple]:
+        """Return the checkpoints, not among `parents`, whose parent is."""
+        wanted = sorted(parents)
+
+        def find(conn: sqlite3.Connection) -> builtins.list[str]:
+            found: builtins.list[str] = []
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.extend(
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? "
+                        "AND checkpoint_ns = ? "
+                        f"AND parent_checkpoint_id IN ({marks})",
+                        (thread_id, checkpoint_ns, *chunk),
+                    )
+                )
+            return found
+
+        children = []
+        for cid in sorted(set(self._read(find)) - parents):
+            tup = self.get_tuple(thread_config(thread_id, cid, checkpoint_ns))
+            if tup is not None:
+                children.append(tup)
+        return children
+
     def _rewrite(
         self,
         tup: CheckpointTuple,
