@@ -77,6 +77,11 @@ def thread_config(
     return {"configurable": configurable}
 
 
+def parent_id_of(tup: CheckpointTuple) -> str | None:
+    """Return the id of a checkpoint's parent, or None for a thread's first."""
+    return (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+
+
 def config_parts(config: Config) -> tuple[str, str, str | None]:
     """Return `(thread_id, checkpoint_ns, checkpoint_id)` of a config."""
     if not isinstance(config, dict):
@@ -415,9 +420,7 @@ class BaseSaver(ABC):
         return [
             tup
             for tup in self.list(thread_config(thread_id, checkpoint_ns=checkpoint_ns))
-            if tup.checkpoint["id"] not in parents
-            and (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-            in parents
+            if tup.checkpoint["id"] not in parents and parent_id_of(tup) in parents
         ]
 
     def _rewrite(
@@ -479,7 +482,7 @@ class BaseSaver(ABC):
             if ch in values:
                 stored[ch] = DeltaSnapshot(values[ch])
         checkpoint = {**tup.checkpoint, "channel_values": stored}
-        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        parent = parent_id_of(tup)
         old = dict(tup.metadata or {})
         record = old.get("chain")
         # Children sealed on the old MAC stay linked (a runner may have

@@ -307,9 +307,8 @@ class MemorySaver(BaseSaver):
         checkpoint: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
-        conf = tup.config["configurable"]
-        thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns") or "")
-        cid = str(conf["checkpoint_id"])
+        thread_id, ns, checkpoint_id = config_parts(tup.config)
+        cid = str(checkpoint_id)
         with self._lock:
             item = self._threads[thread_id][ns][cid]
             self._threads[thread_id][ns][cid] = _Stored(

@@ -67,6 +67,7 @@ from agentmatic.checkpoint.base import (
     checked_before,
     config_parts,
     metadata_matches,
+    parent_id_of,
     thread_config,
     thread_info_from_tuple,
 )
@@ -977,7 +978,7 @@ class RedisSaver(BaseSaver):
         conf = tup.config["configurable"]
         thread_id, ns = conf["thread_id"], conf["checkpoint_ns"]
         member = f"{ns}{SEP}{conf['checkpoint_id']}"
-        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        parent = parent_id_of(tup)
         c_tag, c_blob = self.serde.dumps_typed(checkpoint)
         m_tag, m_blob = self.serde.dumps_typed(metadata)
         info = _text(self.client.hget(self._key(thread_id, "info"), member) or b"")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from agentmatic.checkpoint.base import BaseSaver, thread_config
+from agentmatic.checkpoint.base import BaseSaver, parent_id_of, thread_config
 from agentmatic.checkpoint.reading import is_state_channel
 from agentmatic.errors import SerializationError
 
@@ -270,7 +270,7 @@ def _archive_rows(
         tup = saver.get_tuple(thread_config(thread_id, cid, ns))
         if tup is None:
             continue
-        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        parent = parent_id_of(tup)
         checkpoint_type, checkpoint = saver.serde.dumps_typed(tup.checkpoint)
         metadata_type, metadata = saver.serde.dumps_typed(dict(tup.metadata or {}))
         writes = []
@@ -328,7 +328,7 @@ def _scan_thread(saver: BaseSaver, thread_id: str) -> Iterator[RetentionRow]:
     # No checkpoint_ns in the config: every namespace of the thread.
     for tup in list(saver.list({"configurable": {"thread_id": thread_id}})):
         conf = tup.config["configurable"]
-        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        parent = parent_id_of(tup)
         yield RetentionRow(
             thread_id=thread_id,
             checkpoint_ns=str(conf.get("checkpoint_ns") or ""),

@@ -65,6 +65,7 @@ from agentmatic.checkpoint.base import (
     checked_before,
     config_parts,
     metadata_matches,
+    parent_id_of,
     thread_config,
     thread_info_from_tuple,
 )
@@ -590,7 +591,7 @@ class S3Saver(BaseSaver):
         id does not sort before its child's (the walk reads ids downwards).
         """
         cid = str(tup.checkpoint["id"])
-        want = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        want = parent_id_of(tup)
         if want is None:
             return None
         _etag, manifest = self._load(thread_id, ns)
@@ -1226,7 +1227,7 @@ class S3Saver(BaseSaver):
             conf["checkpoint_ns"],
             conf["checkpoint_id"],
         )
-        parent = (tup.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        parent = parent_id_of(tup)
         meta_blob = list(self.serde.dumps_typed(metadata))
         body = {
             "id": cid,

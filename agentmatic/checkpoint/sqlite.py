@@ -67,6 +67,7 @@ from agentmatic.checkpoint.base import (
     check_thread_page,
     checked_before,
     config_parts,
+    parent_id_of,
     thread_config,
 )
 from agentmatic.checkpoint.reading import (
@@ -986,9 +987,8 @@ class SQLiteSaver(BaseSaver):
         checkpoint: dict[str, Any],
         metadata: dict[str, Any],
     ) -> None:
-        conf = tup.config["configurable"]
-        thread_id, ns = str(conf["thread_id"]), str(conf.get("checkpoint_ns") or "")
-        cid = str(conf["checkpoint_id"])
+        thread_id, ns, checkpoint_id = config_parts(tup.config)
+        cid = str(checkpoint_id)
         self._write(
             lambda conn: self._store_inlined(
                 conn, thread_id, ns, cid, checkpoint, metadata
@@ -1691,7 +1691,7 @@ class SQLiteSaver(BaseSaver):
                 cid = tup.checkpoint["id"]
                 if cid not in ids:
                     continue
-                parent = _parent_id(tup)
+                parent = parent_id_of(tup)
                 calls = self._calls_from_tuples(tup, by_id.get(parent or ""))
                 index_rows.append(
                     self._index_row(
@@ -1815,12 +1815,6 @@ def _barrier_names(channel: str) -> list[str] | None:
     if not channel.startswith("join:"):
         return None
     return channel.split(":")[1].split("+")
-
-
-def _parent_id(tup: CheckpointTuple) -> str | None:
-    if not tup.parent_config:
-        return None
-    return tup.parent_config["configurable"].get("checkpoint_id")
 
 
 def _light_checkpoint(
