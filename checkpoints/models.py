@@ -150,6 +150,17 @@ class StoredCheckpoint(models.Model):
     metadata = models.JSONField(default=dict)
     # What a timeline needs of the checkpoint (msgpack), when the saver kept it.
     light = models.BinaryField(null=True)
+    # The write that led here, when one task ran from the parent: a write of
+    # the parent's, carried in this row instead of a `StoredWrite` of its own
+    # (see migration 7 in agentmatic.checkpoint.postgres.schema). A NULL
+    # `carried_type` is `type`.
+    carried_task_id = models.UUIDField(null=True)
+    carried_task_path = models.TextField(null=True)  # noqa: DJ001
+    carried_idx = models.IntegerField(null=True)
+    carried_channel = models.TextField(null=True)  # noqa: DJ001
+    carried_type = models.TextField(null=True)  # noqa: DJ001
+    carried_blob = models.BinaryField(null=True)
+    carried_extra = models.BinaryField(null=True)
 
     class Meta:
         managed = False

@@ -314,12 +314,15 @@ def test_a_step_stores_only_the_message_it_added(saver, pg_url):
     run_loop(saver, "t", 150)
     rows = sql(
         pg_url,
-        "SELECT count(*) FROM agentmatic_writes WHERE channel = 'messages'",
+        "SELECT count(*) FROM agentmatic_checkpoints "
+        "WHERE carried_channel = 'messages'",
     )
     checkpoints = sql(pg_url, "SELECT count(*) FROM agentmatic_checkpoints")[0][0]
-    # One message write per step; no checkpoint row holds the log between
+    # One message write per step, carried by the checkpoint the step wrote
+    # (no write row of its own); no checkpoint row holds the log between
     # snapshots, and snapshots share their chunks.
     assert rows[0][0] == checkpoints - 1
+    assert sql(pg_url, "SELECT count(*) FROM agentmatic_writes")[0][0] == 0
     blobs = sql(
         pg_url,
         "SELECT count(*) FROM agentmatic_blobs WHERE channel = 'messages'",
@@ -721,7 +724,7 @@ def test_a_database_at_migration_five_gets_the_summary_column(pg_url):
             conn.execute(migration)
             conn.execute("INSERT INTO agentmatic_migrations (v) VALUES (%s)", (number,))
     saver = PostgresSaver(pg_url)
-    assert saver.setup() == [6]
+    assert saver.setup() == [6, 7]
     agent, _ = build(saver)
     ask(agent, "t", "Refund $40")
     assert saver.get_state("t", values=False).next == ()

@@ -162,6 +162,24 @@ HIDDEN_KEY = "~meta"
 TS_IN_ROW_KEY = "~ts"
 BLOB = "channel, version, segment, checkpoint_id, type, data, chunks, base_version"
 WRITE = "checkpoint_id, task_id, channel, type, blob, task_path, idx, extra"
+# The writes a checkpoint row carries for its parent (see migration 7), as
+# `WRITE` reads them from agentmatic_writes.
+CARRIED = (
+    "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_channel, "
+    "coalesce(c.carried_type, c.type), c.carried_blob, c.carried_task_path, "
+    "c.carried_idx, c.carried_extra"
+)
+# The row after each checkpoint of `%s::text[]`, when it carries that
+# checkpoint's writes (a carrying row is always its parent's next by id).
+CARRIED_AFTER = (
+    "FROM unnest(%s::text[]) AS p(id) CROSS JOIN LATERAL (SELECT "
+    "n.parent_checkpoint_id, n.carried_task_id, n.carried_channel, n.type, "
+    "n.carried_type, n.carried_blob, n.carried_task_path, n.carried_idx, "
+    "n.carried_extra FROM agentmatic_checkpoints n WHERE n.thread_id = %s "
+    "AND n.checkpoint_ns = %s AND n.checkpoint_id > p.id "
+    "ORDER BY n.checkpoint_id LIMIT 1) c "
+    "WHERE c.parent_checkpoint_id = p.id AND c.carried_task_id IS NOT NULL"
+)
 
 
 @dataclass
@@ -1039,6 +1057,18 @@ class PostgresSaver(BaseSaver):
             rows.append((*first, extra))
         return rows, regular
 
+    def _carried_after(
+        self,
+        conn: psycopg.Connection[Any],
+        thread_id: str,
+        ns: str,
+        ids: Sequence[str],
+    ) -> psycopg.Cursor[Any]:
+        """Query the writes on `ids` that the checkpoints after them carry."""
+        return conn.execute(
+            f"SELECT {CARRIED} {CARRIED_AFTER}", (list(ids), thread_id, ns)
+        )
+
     def _insert_writes(
         self,
         conn: psycopg.Connection[Any],
@@ -1050,6 +1080,11 @@ class PostgresSaver(BaseSaver):
         rows: builtins.list[tuple[int, str, str, bytes, bytes | None]],
         regular: builtins.list[tuple[int, str, str, bytes]],
     ) -> None:
+        # Writes the checkpoint's next row carries become rows first, so
+        # that this call's conflicts are judged against them.
+        conn.execute(
+            "SELECT agentmatic_uncarry(%s, %s, %s)", (thread_id, ns, checkpoint_id)
+        )
         stored = conn.execute(
             "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
             "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
@@ -1277,8 +1312,11 @@ class PostgresSaver(BaseSaver):
                     "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
                     (thread_id, ns, ids),
                 )
+                carried_cur = self._carried_after(conn, thread_id, ns, ids)
             blobs = _blob_rows(blob_cur)
-            writes = _expand(write_cur.fetchall(), thread_id)
+            writes = _expand(
+                _with_carried(write_cur.fetchall(), carried_cur.fetchall()), thread_id
+            )
             values = self._blob_values(conn, thread_id, blobs, wanted, serde)
             pending: dict[str, builtins.list[tuple[Any, ...]]] = {}
             for w in writes:
@@ -1575,7 +1613,12 @@ class PostgresSaver(BaseSaver):
             "AND (channel = %s OR extra IS NOT NULL)",
             (thread_id, ns, parent_id, channel),
         ).fetchall()
-        writes = _ordered(w for w in _expand(rows, thread_id) if w[2] == channel)
+        carried = self._carried_after(conn, thread_id, ns, [parent_id]).fetchall()
+        writes = _ordered(
+            w
+            for w in _expand(_with_carried(rows, carried), thread_id)
+            if w[2] == channel
+        )
         if base is _NOTHING and not writes:
             return _NOTHING
         fold = _reducer_for(channel)
@@ -1607,7 +1650,21 @@ class PostgresSaver(BaseSaver):
             "AND (channel = %s OR extra IS NOT NULL)",
             (thread_id, ns, lower, row.checkpoint_id, row.segment, channel),
         ).fetchall()
-        writes = _ordered(w for w in _expand(rows, thread_id) if w[2] == channel)
+        # In a segment each row's parent is the row before it: the writes on
+        # [lower, checkpoint) ride in the rows of (lower, checkpoint].
+        carried = conn.execute(
+            f"SELECT {CARRIED} FROM agentmatic_checkpoints c "
+            "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
+            "AND c.checkpoint_id > %s AND c.checkpoint_id <= %s AND c.segment = %s "
+            "AND c.carried_task_id IS NOT NULL "
+            "AND (c.carried_channel = %s OR c.carried_extra IS NOT NULL)",
+            (thread_id, ns, lower, row.checkpoint_id, row.segment, channel),
+        ).fetchall()
+        writes = _ordered(
+            w
+            for w in _expand(_with_carried(rows, carried), thread_id)
+            if w[2] == channel
+        )
         decoded = [self._loads(self.serde, thread_id, w[0], w[3], w[4]) for w in writes]
         if decoded:
             value = _reducer_for(channel)(list(value or []), decoded)
@@ -1978,6 +2035,21 @@ class PostgresSaver(BaseSaver):
                 "FROM agentmatic_writes WHERE thread_id = %s ON CONFLICT DO NOTHING",
                 (dst, src),
             )
+            # The copy stores carried writes as rows of their own: its rows
+            # may interleave with the target's, and a carrying row must be
+            # its parent's next.
+            conn.execute(
+                "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
+                "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
+                "segment, created_at) SELECT %s, c.checkpoint_ns, "
+                "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_idx, "
+                "c.carried_channel, coalesce(c.carried_type, c.type), c.carried_blob, "
+                "c.carried_extra, "
+                "c.carried_task_path, c.segment, c.created_at "
+                "FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
+                "AND c.carried_task_id IS NOT NULL ON CONFLICT DO NOTHING",
+                (dst, src),
+            )
             conn.execute(
                 "WITH ins AS (INSERT INTO agentmatic_checkpoints (thread_id, "
                 "checkpoint_ns, checkpoint_id, parent_checkpoint_id, segment, "
@@ -2307,11 +2379,14 @@ class PostgresSaver(BaseSaver):
                 if _needs_value(ch) and ch in r.checkpoint["channel_versions"]
             }
             with conn.pipeline():
-                write_cur = self._timeline_writes(conn, thread_id, ns, ids, parents)
+                write_cur, carried_cur = self._timeline_writes(
+                    conn, thread_id, ns, ids, parents
+                )
                 blob_cur = self._blob_query(conn, thread_id, ns, tasks_wanted)
             wanted = set(ids)
             writes: dict[str, builtins.list[tuple[Any, ...]]] = {}
-            for w in _expand(write_cur.fetchall(), thread_id):
+            found = _with_carried(write_cur.fetchall(), carried_cur.fetchall())
+            for w in _expand(found, thread_id):
                 if w[0] not in wanted:
                     continue
                 writes.setdefault(w[0], []).append(w[1:])
@@ -2401,14 +2476,21 @@ class PostgresSaver(BaseSaver):
         ns: str,
         ids: Sequence[str],
         parents: set[str],
-    ) -> psycopg.Cursor[Any]:
+    ) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
         """Query the writes on `ids` (sorted) that a timeline reads.
 
         Values come only for interrupts, decisions and errors, and for the
         messages written on `parents`. A long stretch of checkpoints is one
         id range (the caller drops the ids it did not ask for): sending
-        thousands of ids costs more than the rows in between.
+        thousands of ids costs more than the rows in between. Return the
+        cursors of the rows in agentmatic_writes and of the carried ones.
         """
+        wanted = (
+            list(TIMELINE_CHANNELS),
+            MESSAGES,
+            list(TIMELINE_CHANNELS),
+            MESSAGES,
+        )
         if len(ids) <= ID_LIST_MAX:
             return conn.execute(
                 "SELECT checkpoint_id, task_id, channel, "
@@ -2432,11 +2514,34 @@ class PostgresSaver(BaseSaver):
                     ns,
                     list(ids),
                 ),
+            ), conn.execute(
+                "SELECT c.parent_checkpoint_id, c.carried_task_id::text, "
+                "c.carried_channel, "
+                "CASE WHEN c.carried_channel = ANY(%s::text[]) OR "
+                "(c.carried_channel = %s AND c.parent_checkpoint_id = ANY(%s::text[])) "
+                "THEN coalesce(c.carried_type, c.type) END, "
+                "CASE WHEN c.carried_channel = ANY(%s::text[]) OR "
+                "(c.carried_channel = %s AND c.parent_checkpoint_id = ANY(%s::text[])) "
+                "THEN c.carried_blob END, c.carried_task_path, c.carried_idx, "
+                "CASE WHEN c.parent_checkpoint_id = ANY(%s::text[]) "
+                f"THEN c.carried_extra END {CARRIED_AFTER}",
+                (
+                    list(TIMELINE_CHANNELS),
+                    MESSAGES,
+                    sorted(parents),
+                    list(TIMELINE_CHANNELS),
+                    MESSAGES,
+                    sorted(parents),
+                    sorted(parents),
+                    list(ids),
+                    thread_id,
+                    ns,
+                ),
             )
         # The parents are a hashed set: matching each row against an array
         # costs rows x parents comparisons. Never prepared: a generic plan
         # cannot hash a parameter's array.
-        return conn.cursor(binary=True).execute(
+        table = conn.cursor(binary=True).execute(
             "SELECT w.checkpoint_id, task_id, channel, "
             "CASE WHEN channel = ANY(%s::text[]) "
             "OR (channel = %s AND p.id IS NOT NULL) THEN type END, "
@@ -2447,19 +2552,46 @@ class PostgresSaver(BaseSaver):
             "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = w.checkpoint_id "
             "WHERE thread_id = %s AND checkpoint_ns = %s "
             "AND w.checkpoint_id >= %s AND w.checkpoint_id <= %s",
+            (*wanted, sorted(parents), thread_id, ns, ids[0], ids[-1]),
+            prepare=False,
+        )
+        # The writes on [first, last] ride in the rows of (first, the row
+        # after last].
+        carried = conn.cursor(binary=True).execute(
+            "SELECT c.parent_checkpoint_id, c.carried_task_id::text, "
+            "c.carried_channel, "
+            "CASE WHEN c.carried_channel = ANY(%s::text[]) "
+            "OR (c.carried_channel = %s AND p.id IS NOT NULL) "
+            "THEN coalesce(c.carried_type, c.type) END, "
+            "CASE WHEN c.carried_channel = ANY(%s::text[]) "
+            "OR (c.carried_channel = %s AND p.id IS NOT NULL) "
+            "THEN c.carried_blob END, c.carried_task_path, c.carried_idx, "
+            "CASE WHEN p.id IS NOT NULL THEN c.carried_extra END "
+            "FROM agentmatic_checkpoints c "
+            "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = c.parent_checkpoint_id "
+            "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
+            "AND c.checkpoint_id > %s AND c.checkpoint_id <= coalesce(("
+            "SELECT n.checkpoint_id FROM agentmatic_checkpoints n "
+            "WHERE n.thread_id = %s AND n.checkpoint_ns = %s "
+            "AND n.checkpoint_id > %s ORDER BY n.checkpoint_id LIMIT 1), %s) "
+            "AND c.parent_checkpoint_id >= %s AND c.parent_checkpoint_id <= %s "
+            "AND c.carried_task_id IS NOT NULL",
             (
-                list(TIMELINE_CHANNELS),
-                MESSAGES,
-                list(TIMELINE_CHANNELS),
-                MESSAGES,
+                *wanted,
                 sorted(parents),
                 thread_id,
                 ns,
+                ids[0],
+                thread_id,
+                ns,
+                ids[-1],
+                ids[-1],
                 ids[0],
                 ids[-1],
             ),
             prepare=False,
         )
+        return table, carried
 
     def _light_writes(
         self,
@@ -2690,6 +2822,20 @@ def _expand(rows: Iterable[Sequence[Any]], thread_id: str) -> list[tuple[Any, ..
             ) from None
     out.extend(w for w in packed if (w[0], w[1], w[6]) not in own)
     return out
+
+
+def _with_carried(
+    rows: Sequence[Sequence[Any]], carried: Sequence[Sequence[Any]]
+) -> list[Sequence[Any]]:
+    """Return write rows from agentmatic_writes plus those carried by checkpoints.
+
+    Carried writes copied into agentmatic_writes (see migration 7) are
+    there twice; the copy wins, as later calls for the task updated it.
+    """
+    if not carried:
+        return list(rows)
+    own = {(r[0], r[1], r[6]) for r in rows}
+    return [*rows, *(r for r in carried if (r[0], r[1], r[6]) not in own)]
 
 
 def _ordered(writes: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

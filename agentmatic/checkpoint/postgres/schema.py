@@ -519,6 +519,234 @@ MIGRATIONS: list[str] = [
     END
     $$
     """,
+    # 7: a step's writes ride in the checkpoint they lead to. When one task
+    # ran from the thread's last checkpoint, the new checkpoint's row
+    # carries that task's writes (the `carried_` columns), instead of a row
+    # of their own in agentmatic_writes: a step costs one row, not two. The
+    # writes still belong to the parent. Only a task id in a uuid's text
+    # form rides (stored as a uuid); a NULL `carried_type` is the row's.
+    # A carrying row is always its parent's next checkpoint by id, so a
+    # reader finds a checkpoint's carried writes in the row after it;
+    # whatever would break that (a checkpoint stored in between, the row
+    # deleted, more writes stored on the parent) first copies them into
+    # agentmatic_writes as rows of their own, and readers prefer those.
+    """
+    ALTER TABLE agentmatic_checkpoints
+        ADD COLUMN carried_task_id uuid,
+        ADD COLUMN carried_task_path text,
+        ADD COLUMN carried_idx integer,
+        ADD COLUMN carried_channel text,
+        ADD COLUMN carried_type text,
+        ADD COLUMN carried_blob bytea,
+        ADD COLUMN carried_extra bytea;
+
+    CREATE FUNCTION agentmatic_uncarry(p_thread text, p_ns text, p_parent text)
+    RETURNS void LANGUAGE sql AS $$
+        INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id,
+            task_id, idx, channel, type, blob, extra, task_path, segment,
+            created_at)
+        SELECT c.thread_id, c.checkpoint_ns, c.parent_checkpoint_id,
+            c.carried_task_id::text, c.carried_idx, c.carried_channel,
+            coalesce(c.carried_type, c.type), c.carried_blob, c.carried_extra,
+            c.carried_task_path, c.segment,
+            c.created_at
+        FROM (SELECT * FROM agentmatic_checkpoints n
+            WHERE n.thread_id = p_thread AND n.checkpoint_ns = p_ns
+                AND n.checkpoint_id > p_parent
+            ORDER BY n.checkpoint_id LIMIT 1) c
+        WHERE c.parent_checkpoint_id = p_parent AND c.carried_task_id IS NOT NULL
+        ON CONFLICT DO NOTHING
+    $$;
+
+    -- Any DELETE, the seed's plain retention SQL included, keeps the
+    -- writes the deleted rows carried: a remaining checkpoint may rebuild
+    -- its message log from them (compact collects them when nothing does).
+    CREATE FUNCTION agentmatic_carry_out() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id,
+            task_id, idx, channel, type, blob, extra, task_path, segment,
+            created_at)
+        SELECT g.thread_id, g.checkpoint_ns, g.parent_checkpoint_id,
+            g.carried_task_id::text, g.carried_idx, g.carried_channel,
+            coalesce(g.carried_type, g.type), g.carried_blob, g.carried_extra,
+            g.carried_task_path, g.segment,
+            g.created_at
+        FROM gone g WHERE g.carried_task_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER agentmatic_checkpoints_carry_out
+        AFTER DELETE ON agentmatic_checkpoints
+        REFERENCING OLD TABLE AS gone
+        FOR EACH STATEMENT EXECUTE FUNCTION agentmatic_carry_out();
+
+    CREATE OR REPLACE FUNCTION agentmatic_put(
+        p_thread text, p_ns text, p_id text, p_parent text,
+        p_check boolean, p_expected text, p_strict boolean,
+        p_step integer, p_source text, p_actor text, p_run_id uuid,
+        p_type text, p_checkpoint bytea, p_metadata jsonb,
+        p_agent text, p_started_by text, p_forked_from jsonb,
+        p_created_at timestamptz,
+        b_channel text[], b_version text[], b_type text[], b_data bytea[],
+        b_chunks bytea[], b_base text[], b_depth integer[],
+        c_hash bytea[], c_data bytea[],
+        w_task text[] DEFAULT NULL, w_path text[] DEFAULT NULL,
+        w_idx integer[] DEFAULT NULL, w_channel text[] DEFAULT NULL,
+        w_type text[] DEFAULT NULL, w_blob bytea[] DEFAULT NULL,
+        w_extra bytea[] DEFAULT NULL, p_light bytea DEFAULT NULL
+    ) RETURNS TABLE (outcome text, head text, segment bigint)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_last text;
+        v_segment bigint;
+        v_head text;
+        v_linear boolean;
+        v_added integer;
+        v_results integer;
+        v_carry boolean;
+    BEGIN
+        SELECT t.last_checkpoint_id, t.segment INTO v_last, v_segment
+        FROM agentmatic_threads t
+        WHERE t.thread_id = p_thread AND t.checkpoint_ns = p_ns FOR UPDATE;
+        IF NOT FOUND THEN
+            IF p_check AND p_expected IS NOT NULL THEN
+                SELECT c.checkpoint_id INTO v_head FROM agentmatic_checkpoints c
+                WHERE c.thread_id = p_thread AND c.checkpoint_ns = p_ns
+                ORDER BY c.checkpoint_id DESC LIMIT 1;
+                IF v_head IS DISTINCT FROM p_expected THEN
+                    RETURN QUERY SELECT 'conflict'::text, v_head, 0::bigint;
+                    RETURN;
+                END IF;
+            END IF;
+            INSERT INTO agentmatic_threads AS t (thread_id, checkpoint_ns)
+            VALUES (p_thread, p_ns) ON CONFLICT DO NOTHING;
+            SELECT t.last_checkpoint_id, t.segment INTO v_last, v_segment
+            FROM agentmatic_threads t
+            WHERE t.thread_id = p_thread AND t.checkpoint_ns = p_ns FOR UPDATE;
+        END IF;
+        IF p_check THEN
+            -- Not max(): without statistics the planner may aggregate over
+            -- every checkpoint of the thread instead of reading one.
+            SELECT c.checkpoint_id INTO v_head FROM agentmatic_checkpoints c
+            WHERE c.thread_id = p_thread AND c.checkpoint_ns = p_ns
+            ORDER BY c.checkpoint_id DESC LIMIT 1;
+            IF v_head IS DISTINCT FROM p_expected THEN
+                RETURN QUERY SELECT 'conflict'::text, v_head, v_segment;
+                RETURN;
+            END IF;
+        END IF;
+        v_linear := p_parent IS NOT NULL AND p_parent = v_last
+            AND p_id > v_last COLLATE "C";
+        IF NOT v_linear AND p_strict THEN
+            RETURN QUERY SELECT 'nonlinear'::text, v_head, v_segment;
+            RETURN;
+        END IF;
+        -- A linear step of one task carries its writes in the new
+        -- checkpoint's row (see migration 7) when they are the parent's
+        -- first and the new checkpoint is the parent's next by id.
+        v_carry := w_task IS NOT NULL AND v_linear AND cardinality(w_task) = 1
+            AND w_task[1]
+                ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+            AND NOT EXISTS (
+                SELECT 1 FROM agentmatic_writes w
+                WHERE w.thread_id = p_thread AND w.checkpoint_ns = p_ns
+                    AND w.checkpoint_id = p_parent AND w.task_id = w_task[1])
+            AND NOT EXISTS (
+                SELECT 1 FROM agentmatic_checkpoints c
+                WHERE c.thread_id = p_thread AND c.checkpoint_ns = p_ns
+                    AND c.checkpoint_id > p_parent AND c.checkpoint_id < p_id);
+        IF NOT v_linear THEN
+            v_segment := v_segment + 1;
+        END IF;
+        IF c_hash IS NOT NULL THEN
+            INSERT INTO agentmatic_chunks (thread_id, hash, data)
+            SELECT p_thread, h, d FROM unnest(c_hash, c_data) AS x(h, d)
+            ON CONFLICT DO NOTHING;
+        END IF;
+        IF b_channel IS NOT NULL THEN
+            INSERT INTO agentmatic_blobs (thread_id, checkpoint_ns, channel, version,
+                segment, checkpoint_id, type, data, chunks, base_version, depth)
+            SELECT p_thread, p_ns, ch, ver, v_segment, p_id, ty, da, hs, ba, de
+            FROM unnest(b_channel, b_version, b_type, b_data, b_chunks, b_base,
+                b_depth) AS x(ch, ver, ty, da, hs, ba, de)
+            ON CONFLICT DO NOTHING;
+        END IF;
+        INSERT INTO agentmatic_checkpoints (thread_id, checkpoint_ns, checkpoint_id,
+            parent_checkpoint_id, segment, created_at, step, source, actor, run_id,
+            type, checkpoint, metadata, light, carried_task_id, carried_task_path,
+            carried_idx, carried_channel, carried_type, carried_blob, carried_extra)
+        SELECT p_thread, p_ns, p_id, p_parent, v_segment,
+            coalesce(p_created_at, now()), p_step, p_source, p_actor, p_run_id,
+            p_type, p_checkpoint, p_metadata, p_light, x.task::uuid, x.path, x.idx,
+            x.channel, nullif(x.type, p_type), x.blob, x.extra
+        FROM (SELECT 1) AS one LEFT JOIN unnest(w_task, w_path, w_idx, w_channel,
+            w_type, w_blob, w_extra) AS x(task, path, idx, channel, type, blob,
+            extra) ON v_carry
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS v_added = ROW_COUNT;
+        IF v_added > 0 THEN
+            -- A checkpoint stored between a carrying row and its parent:
+            -- that row is no longer the parent's next, so its writes move.
+            INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id,
+                task_id, idx, channel, type, blob, extra, task_path, segment,
+                created_at)
+            SELECT c.thread_id, c.checkpoint_ns, c.parent_checkpoint_id,
+                c.carried_task_id::text, c.carried_idx, c.carried_channel,
+                coalesce(c.carried_type, c.type), c.carried_blob, c.carried_extra,
+                c.carried_task_path, c.segment,
+                c.created_at
+            FROM (SELECT * FROM agentmatic_checkpoints n
+                WHERE n.thread_id = p_thread AND n.checkpoint_ns = p_ns
+                    AND n.checkpoint_id > p_id
+                ORDER BY n.checkpoint_id LIMIT 1) c
+            WHERE c.carried_task_id IS NOT NULL AND c.parent_checkpoint_id < p_id
+            ON CONFLICT DO NOTHING;
+        END IF;
+        IF w_task IS NOT NULL AND NOT (v_carry AND v_added > 0) THEN
+            -- The parent is the thread's last checkpoint when the write is
+            -- linear, so its segment is the thread's.
+            WITH stored AS (
+                INSERT INTO agentmatic_writes AS w (thread_id, checkpoint_ns,
+                    checkpoint_id, task_id, idx, channel, type, blob, extra,
+                    task_path, segment)
+                SELECT p_thread, p_ns, p_parent, x.task, x.idx, x.channel, x.type,
+                    x.blob, x.extra, x.path,
+                    CASE WHEN v_linear THEN v_segment ELSE (
+                        SELECT c.segment FROM agentmatic_checkpoints c
+                        WHERE c.thread_id = p_thread AND c.checkpoint_ns = p_ns
+                            AND c.checkpoint_id = p_parent) END
+                FROM unnest(w_task, w_path, w_idx, w_channel, w_type, w_blob,
+                    w_extra) AS x(task, path, idx, channel, type, blob, extra)
+                ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+                DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type,
+                    blob = EXCLUDED.blob, task_path = EXCLUDED.task_path
+                WHERE EXCLUDED.idx < 0
+                RETURNING w.idx
+            )
+            SELECT count(*) INTO v_results FROM stored WHERE idx >= 0;
+            IF v_results < (SELECT count(*) FROM unnest(w_idx) AS i WHERE i >= 0)
+            THEN
+                RAISE EXCEPTION 'a task of this step stored a result before'
+                    USING ERRCODE = 'AM001';
+            END IF;
+        END IF;
+        UPDATE agentmatic_threads t SET
+            last_checkpoint_id = CASE WHEN v_added > 0 THEN p_id
+                ELSE t.last_checkpoint_id END,
+            segment = CASE WHEN v_added > 0 THEN v_segment ELSE t.segment END,
+            checkpoints = t.checkpoints + v_added,
+            updated_at = CASE WHEN t.updated_at < now() - interval '1 second'
+                THEN now() ELSE t.updated_at END,
+            agent = coalesce(t.agent, p_agent),
+            started_by = coalesce(t.started_by, p_started_by),
+            forked_from = coalesce(t.forked_from, p_forked_from)
+        WHERE t.thread_id = p_thread AND t.checkpoint_ns = p_ns;
+        RETURN QUERY SELECT 'ok'::text, v_head, v_segment;
+    END
+    $$
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
