@@ -1057,16 +1057,23 @@ class PostgresSaver(BaseSaver):
             rows.append((*first, extra))
         return rows, regular
 
-    def _carried_after(
+    def _writes_on(
         self,
         conn: psycopg.Connection[Any],
         thread_id: str,
         ns: str,
         ids: Sequence[str],
     ) -> psycopg.Cursor[Any]:
-        """Query the writes on `ids` that the checkpoints after them carry."""
+        """Query the writes on `ids`: rows of their own, then carried ones.
+
+        One statement, so one snapshot: a DELETE that moves carried writes
+        into rows commits either before it or after it.
+        """
         return conn.execute(
-            f"SELECT {CARRIED} {CARRIED_AFTER}", (list(ids), thread_id, ns)
+            f"SELECT {WRITE}, false FROM agentmatic_writes WHERE thread_id = %s "
+            "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[]) "
+            f"UNION ALL SELECT {CARRIED}, true {CARRIED_AFTER}",
+            (thread_id, ns, list(ids), list(ids), thread_id, ns),
         )
 
     def _insert_writes(
@@ -1307,16 +1314,9 @@ class PostgresSaver(BaseSaver):
             ids = [r.checkpoint_id for r in group]
             with conn.pipeline():
                 blob_cur = self._blob_query(conn, thread_id, ns, wanted)
-                write_cur = conn.execute(
-                    f"SELECT {WRITE} FROM agentmatic_writes WHERE thread_id = %s "
-                    "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
-                    (thread_id, ns, ids),
-                )
-                carried_cur = self._carried_after(conn, thread_id, ns, ids)
+                write_cur = self._writes_on(conn, thread_id, ns, ids)
             blobs = _blob_rows(blob_cur)
-            writes = _expand(
-                _with_carried(write_cur.fetchall(), carried_cur.fetchall()), thread_id
-            )
+            writes = _expand(_with_carried(write_cur.fetchall()), thread_id)
             values = self._blob_values(conn, thread_id, blobs, wanted, serde)
             pending: dict[str, builtins.list[tuple[Any, ...]]] = {}
             for w in writes:
@@ -1607,17 +1607,9 @@ class PostgresSaver(BaseSaver):
     ) -> Any:
         """Return the parent's value of a delta channel plus its writes on it."""
         base = self._value_at(conn, thread_id, ns, parent_id, channel)
-        rows = conn.execute(
-            f"SELECT {WRITE} FROM agentmatic_writes WHERE thread_id = %s "
-            "AND checkpoint_ns = %s AND checkpoint_id = %s "
-            "AND (channel = %s OR extra IS NOT NULL)",
-            (thread_id, ns, parent_id, channel),
-        ).fetchall()
-        carried = self._carried_after(conn, thread_id, ns, [parent_id]).fetchall()
+        rows = self._writes_on(conn, thread_id, ns, [parent_id]).fetchall()
         writes = _ordered(
-            w
-            for w in _expand(_with_carried(rows, carried), thread_id)
-            if w[2] == channel
+            w for w in _expand(_with_carried(rows), thread_id) if w[2] == channel
         )
         if base is _NOTHING and not writes:
             return _NOTHING
@@ -1643,27 +1635,22 @@ class PostgresSaver(BaseSaver):
             version, lower = str(base[0]), str(base[1])
             found = self._fetch_values(conn, thread_id, ns, {(channel, version)})
             value = _unwrap(found.get((channel, version), []))
-        rows = conn.execute(
-            f"SELECT {WRITE} FROM agentmatic_writes "
-            "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id >= %s "
-            "AND checkpoint_id < %s AND segment = %s "
-            "AND (channel = %s OR extra IS NOT NULL)",
-            (thread_id, ns, lower, row.checkpoint_id, row.segment, channel),
-        ).fetchall()
         # In a segment each row's parent is the row before it: the writes on
         # [lower, checkpoint) ride in the rows of (lower, checkpoint].
-        carried = conn.execute(
-            f"SELECT {CARRIED} FROM agentmatic_checkpoints c "
+        rows = conn.execute(
+            f"SELECT {WRITE}, false FROM agentmatic_writes "
+            "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id >= %s "
+            "AND checkpoint_id < %s AND segment = %s "
+            "AND (channel = %s OR extra IS NOT NULL) "
+            f"UNION ALL SELECT {CARRIED}, true FROM agentmatic_checkpoints c "
             "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
             "AND c.checkpoint_id > %s AND c.checkpoint_id <= %s AND c.segment = %s "
             "AND c.carried_task_id IS NOT NULL "
             "AND (c.carried_channel = %s OR c.carried_extra IS NOT NULL)",
-            (thread_id, ns, lower, row.checkpoint_id, row.segment, channel),
+            (thread_id, ns, lower, row.checkpoint_id, row.segment, channel) * 2,
         ).fetchall()
         writes = _ordered(
-            w
-            for w in _expand(_with_carried(rows, carried), thread_id)
-            if w[2] == channel
+            w for w in _expand(_with_carried(rows), thread_id) if w[2] == channel
         )
         decoded = [self._loads(self.serde, thread_id, w[0], w[3], w[4]) for w in writes]
         if decoded:
@@ -2379,14 +2366,11 @@ class PostgresSaver(BaseSaver):
                 if _needs_value(ch) and ch in r.checkpoint["channel_versions"]
             }
             with conn.pipeline():
-                write_cur, carried_cur = self._timeline_writes(
-                    conn, thread_id, ns, ids, parents
-                )
+                write_cur = self._timeline_writes(conn, thread_id, ns, ids, parents)
                 blob_cur = self._blob_query(conn, thread_id, ns, tasks_wanted)
             wanted = set(ids)
             writes: dict[str, builtins.list[tuple[Any, ...]]] = {}
-            found = _with_carried(write_cur.fetchall(), carried_cur.fetchall())
-            for w in _expand(found, thread_id):
+            for w in _expand(_with_carried(write_cur.fetchall()), thread_id):
                 if w[0] not in wanted:
                     continue
                 writes.setdefault(w[0], []).append(w[1:])
@@ -2476,62 +2460,64 @@ class PostgresSaver(BaseSaver):
         ns: str,
         ids: Sequence[str],
         parents: set[str],
-    ) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+    ) -> psycopg.Cursor[Any]:
         """Query the writes on `ids` (sorted) that a timeline reads.
 
         Values come only for interrupts, decisions and errors, and for the
         messages written on `parents`. A long stretch of checkpoints is one
         id range (the caller drops the ids it did not ask for): sending
-        thousands of ids costs more than the rows in between. Return the
-        cursors of the rows in agentmatic_writes and of the carried ones.
+        thousands of ids costs more than the rows in between. Rows of their
+        own and carried ones come in one statement (see `_writes_on`).
         """
-        wanted = (
-            list(TIMELINE_CHANNELS),
-            MESSAGES,
-            list(TIMELINE_CHANNELS),
-            MESSAGES,
+        # The columns of `WRITE`, for writes in agentmatic_writes (`w`) and
+        # carried ones (`c`), with a value only where the timeline reads it.
+        # `{on}` says whether the write is on one of `parents`.
+        columns = (
+            "{id}, {task}, {channel}, CASE WHEN {channel} = ANY(%s::text[]) "
+            "OR ({channel} = %s AND {on}) THEN {type} END, "
+            "CASE WHEN {channel} = ANY(%s::text[]) "
+            "OR ({channel} = %s AND {on}) THEN {blob} END, "
+            "{path}, {idx}, CASE WHEN {on} THEN {extra} END"
         )
+        own = {
+            "id": "w.checkpoint_id",
+            "task": "w.task_id",
+            "channel": "w.channel",
+            "type": "w.type",
+            "blob": "w.blob",
+            "path": "w.task_path",
+            "idx": "w.idx",
+            "extra": "w.extra",
+        }
+        carried = {
+            "id": "c.parent_checkpoint_id",
+            "task": "c.carried_task_id::text",
+            "channel": "c.carried_channel",
+            "type": "coalesce(c.carried_type, c.type)",
+            "blob": "c.carried_blob",
+            "path": "c.carried_task_path",
+            "idx": "c.carried_idx",
+            "extra": "c.carried_extra",
+        }
+        picks = (list(TIMELINE_CHANNELS), MESSAGES, list(TIMELINE_CHANNELS), MESSAGES)
         if len(ids) <= ID_LIST_MAX:
+            on = "{id} = ANY(%s::text[])"
+            own_on = on.format(id=own["id"])
+            carried_on = on.format(id=carried["id"])
+            per_write = (*picks[:2], sorted(parents), *picks[2:], sorted(parents))
             return conn.execute(
-                "SELECT checkpoint_id, task_id, channel, "
-                "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
-                "AND checkpoint_id = ANY(%s::text[])) THEN type END, "
-                "CASE WHEN channel = ANY(%s::text[]) OR (channel = %s "
-                "AND checkpoint_id = ANY(%s::text[])) THEN blob END, "
-                "task_path, idx, "
-                "CASE WHEN checkpoint_id = ANY(%s::text[]) THEN extra END "
-                "FROM agentmatic_writes WHERE thread_id = %s "
-                "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
+                f"SELECT {columns.format(on=own_on, **own)}, false "
+                "FROM agentmatic_writes w WHERE w.thread_id = %s "
+                "AND w.checkpoint_ns = %s AND w.checkpoint_id = ANY(%s::text[]) "
+                f"UNION ALL SELECT {columns.format(on=carried_on, **carried)}, true "
+                f"{CARRIED_AFTER}",
                 (
-                    list(TIMELINE_CHANNELS),
-                    MESSAGES,
-                    sorted(parents),
-                    list(TIMELINE_CHANNELS),
-                    MESSAGES,
-                    sorted(parents),
+                    *per_write,
                     sorted(parents),
                     thread_id,
                     ns,
                     list(ids),
-                ),
-            ), conn.execute(
-                "SELECT c.parent_checkpoint_id, c.carried_task_id::text, "
-                "c.carried_channel, "
-                "CASE WHEN c.carried_channel = ANY(%s::text[]) OR "
-                "(c.carried_channel = %s AND c.parent_checkpoint_id = ANY(%s::text[])) "
-                "THEN coalesce(c.carried_type, c.type) END, "
-                "CASE WHEN c.carried_channel = ANY(%s::text[]) OR "
-                "(c.carried_channel = %s AND c.parent_checkpoint_id = ANY(%s::text[])) "
-                "THEN c.carried_blob END, c.carried_task_path, c.carried_idx, "
-                "CASE WHEN c.parent_checkpoint_id = ANY(%s::text[]) "
-                f"THEN c.carried_extra END {CARRIED_AFTER}",
-                (
-                    list(TIMELINE_CHANNELS),
-                    MESSAGES,
-                    sorted(parents),
-                    list(TIMELINE_CHANNELS),
-                    MESSAGES,
-                    sorted(parents),
+                    *per_write,
                     sorted(parents),
                     list(ids),
                     thread_id,
@@ -2540,34 +2526,16 @@ class PostgresSaver(BaseSaver):
             )
         # The parents are a hashed set: matching each row against an array
         # costs rows x parents comparisons. Never prepared: a generic plan
-        # cannot hash a parameter's array.
-        table = conn.cursor(binary=True).execute(
-            "SELECT w.checkpoint_id, task_id, channel, "
-            "CASE WHEN channel = ANY(%s::text[]) "
-            "OR (channel = %s AND p.id IS NOT NULL) THEN type END, "
-            "CASE WHEN channel = ANY(%s::text[]) "
-            "OR (channel = %s AND p.id IS NOT NULL) THEN blob END, "
-            "task_path, idx, CASE WHEN p.id IS NOT NULL THEN extra END "
+        # cannot hash a parameter's array. The writes on [first, last] that
+        # rows carry ride in the rows of (first, the row after last].
+        return conn.cursor(binary=True).execute(
+            f"SELECT {columns.format(on='p.id IS NOT NULL', **own)}, false "
             "FROM agentmatic_writes w "
             "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = w.checkpoint_id "
-            "WHERE thread_id = %s AND checkpoint_ns = %s "
-            "AND w.checkpoint_id >= %s AND w.checkpoint_id <= %s",
-            (*wanted, sorted(parents), thread_id, ns, ids[0], ids[-1]),
-            prepare=False,
-        )
-        # The writes on [first, last] ride in the rows of (first, the row
-        # after last].
-        carried = conn.cursor(binary=True).execute(
-            "SELECT c.parent_checkpoint_id, c.carried_task_id::text, "
-            "c.carried_channel, "
-            "CASE WHEN c.carried_channel = ANY(%s::text[]) "
-            "OR (c.carried_channel = %s AND p.id IS NOT NULL) "
-            "THEN coalesce(c.carried_type, c.type) END, "
-            "CASE WHEN c.carried_channel = ANY(%s::text[]) "
-            "OR (c.carried_channel = %s AND p.id IS NOT NULL) "
-            "THEN c.carried_blob END, c.carried_task_path, c.carried_idx, "
-            "CASE WHEN p.id IS NOT NULL THEN c.carried_extra END "
-            "FROM agentmatic_checkpoints c "
+            "WHERE w.thread_id = %s AND w.checkpoint_ns = %s "
+            "AND w.checkpoint_id >= %s AND w.checkpoint_id <= %s "
+            f"UNION ALL SELECT {columns.format(on='p.id IS NOT NULL', **carried)}, "
+            "true FROM agentmatic_checkpoints c "
             "LEFT JOIN unnest(%s::text[]) AS p(id) ON p.id = c.parent_checkpoint_id "
             "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
             "AND c.checkpoint_id > %s AND c.checkpoint_id <= coalesce(("
@@ -2577,7 +2545,13 @@ class PostgresSaver(BaseSaver):
             "AND c.parent_checkpoint_id >= %s AND c.parent_checkpoint_id <= %s "
             "AND c.carried_task_id IS NOT NULL",
             (
-                *wanted,
+                *picks,
+                sorted(parents),
+                thread_id,
+                ns,
+                ids[0],
+                ids[-1],
+                *picks,
                 sorted(parents),
                 thread_id,
                 ns,
@@ -2591,7 +2565,6 @@ class PostgresSaver(BaseSaver):
             ),
             prepare=False,
         )
-        return table, carried
 
     def _light_writes(
         self,
@@ -2824,18 +2797,14 @@ def _expand(rows: Iterable[Sequence[Any]], thread_id: str) -> list[tuple[Any, ..
     return out
 
 
-def _with_carried(
-    rows: Sequence[Sequence[Any]], carried: Sequence[Sequence[Any]]
-) -> list[Sequence[Any]]:
-    """Return write rows from agentmatic_writes plus those carried by checkpoints.
+def _with_carried(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Return `WRITE` rows from rows that end with whether they were carried.
 
-    Carried writes copied into agentmatic_writes (see migration 7) are
-    there twice; the copy wins, as later calls for the task updated it.
+    Carried writes copied into agentmatic_writes (see migration 7) come
+    twice; the copy wins, as later calls for the task updated it.
     """
-    if not carried:
-        return list(rows)
-    own = {(r[0], r[1], r[6]) for r in rows}
-    return [*rows, *(r for r in carried if (r[0], r[1], r[6]) not in own)]
+    own = {(r[0], r[1], r[6]) for r in rows if not r[8]}
+    return [r[:8] for r in rows if not r[8] or (r[0], r[1], r[6]) not in own]
 
 
 def _ordered(writes: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
