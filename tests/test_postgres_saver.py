@@ -16,7 +16,7 @@ import pytest
 from agentmatic import Agent, AIMessage, HumanMessage, ToolCall, ToolMessage
 from agentmatic.checkpoint.base import thread_config
 from agentmatic.checkpoint.chain import verify
-from agentmatic.checkpoint.postgres import PostgresSaver, compact_sync
+from agentmatic.checkpoint.postgres import PostgresSaver, compact_sync, lists, packing
 from agentmatic.checkpoint.postgres.schema import LATEST
 from agentmatic.checkpoint.serde import DeltaSnapshot
 from agentmatic.errors import ConfigurationError, CorruptCheckpoint, ThreadConflict
@@ -328,6 +328,47 @@ def test_a_step_stores_only_the_message_it_added(saver, pg_url):
         "SELECT count(*) FROM agentmatic_blobs WHERE channel = 'messages'",
     )
     assert blobs[0][0] <= checkpoints // 100 + 2
+
+
+def test_chunk_rows_fill_their_heap_pages(saver, pg_url):
+    # A thread id as long as `lists.ROW_BYTES` allows: still two to a page.
+    thread_id = "t" * 48
+    run_loop(saver, thread_id, 400)
+    rows = sql(
+        pg_url,
+        "SELECT (ctid::text::point)[0], length(data) FROM agentmatic_chunks ORDER BY 1",
+    )
+    pages: dict[float, int] = {}
+    for page, _size in rows:
+        pages[page] = pages.get(page, 0) + 1
+    assert len(rows) >= 6
+    assert all(size <= lists.row_share(2) for _page, size in rows)
+    assert sorted(pages.values())[1:] == [2] * (len(pages) - 1)
+    assert len(saver.get_state(thread_id).values["messages"]) > 380
+
+
+def test_a_list_stored_in_eight_item_chunks_reads_and_grows(saver, pg_url, monkeypatch):
+    # Rows written before chunks were closed by size: every chunk 8 items.
+    def eight_items(encoded, start):
+        if len(encoded) - start < lists.CHUNK_ITEMS:
+            return None
+        end = start + lists.CHUNK_ITEMS
+        return end, packing.pack_chunk(lists.join_items(encoded[start:end]))
+
+    monkeypatch.setattr(lists, "chunk_end", eight_items)
+    run_loop(saver, "t", 150)
+    before = message_ids(saver, "t")
+    query = "SELECT hash, length(data) FROM agentmatic_chunks"
+    old = dict(sql(pg_url, query))
+    monkeypatch.undo()
+    # The same thread goes on: its next snapshots cut chunks by size.
+    run_loop(saver, "t", 150)
+    after = message_ids(saver, "t")
+    assert all(after[cid] == ids for cid, ids in before.items())
+    assert len(after) > len(before)
+    new = {key: size for key, size in sql(pg_url, query) if key not in old}
+    assert old and new
+    assert min(new.values()) > max(old.values())
 
 
 def test_a_whole_list_written_at_every_step_is_stored_as_appends(saver, pg_url):

@@ -3,10 +3,10 @@
 A list (a LangGraph message channel written whole at every step) or a
 `DeltaSnapshot` of one (our message log's periodic full value) is stored as
 
-- *chunks*: its items in runs of `CHUNK_ITEMS`, each run a msgpack array
+- *chunks*: its items in runs (see `chunk_end`), each run a msgpack array
   keyed by its hash in ``agentmatic_chunks``, so the runs an earlier version
-  already stored cost nothing again; the items after the last full run (the
-  *tail*) go in the blob row itself; or
+  already stored cost nothing again; the items after the last closed run
+  (the *tail*) go in the blob row itself; or
 - an *append*: the version it extends (`base_version`) and only the items it
   added, when the saver still knows the value it extends. After
   `MAX_APPEND_DEPTH` appends in a row the next version is stored as chunks,
@@ -14,7 +14,10 @@ A list (a LangGraph message channel written whole at every step) or a
 
 Items are packed one by one with the saver's serializer; a msgpack array is
 its header followed by its items, so a run is readable as a plain list. A
-chunk's hash is over its uncompressed bytes (see `packing`).
+chunk's hash is over its uncompressed bytes (see `packing`). Readers take
+each chunk's items as they come, whatever their number, so how runs are cut
+is the writer's choice alone: rows written under the earlier rule (always
+`CHUNK_ITEMS` items) read the same.
 Encrypted serializers store every value whole (the tag covers one value).
 """
 
@@ -28,8 +31,18 @@ from typing import Any
 from agentmatic.checkpoint.postgres import packing
 from agentmatic.checkpoint.serde import DeltaSnapshot, Serializer
 
+# A chunk's fewest and most items (see `chunk_end`). The most bounds what a
+# chunk's end is decided on, and so the tail, when the items are tiny.
 CHUNK_ITEMS = 8
+MAX_CHUNK_ITEMS = 64
 MAX_APPEND_DEPTH = 100
+# An ``agentmatic_chunks`` heap page's room for rows (8 KB less its header),
+# and a row's bytes besides its data: tuple header 24, created_at 8, a
+# thread id of up to 48 bytes (1 + 48), hash 17, the data's length word 4
+# (aligned to 4). A longer thread id can cost a row near its budget the
+# page it would share (see `row_share`).
+PAGE_BYTES = 8168
+ROW_BYTES = 104
 HASH_BYTES = 16
 # Blob types besides the serializer's tags. `DERIVED` is a delta channel's
 # value the saver rebuilt itself; it is never part of a checkpoint as read.
@@ -99,19 +112,94 @@ def item_digest(encoded: bytes) -> bytes:
     return hashlib.blake2b(encoded, digest_size=8).digest()
 
 
+def row_share(rows: int) -> int:
+    """Return the most data bytes a chunk row holds when `rows` rows fill a page.
+
+    Each row also takes a 4-byte line pointer and is aligned to 8 bytes.
+    """
+    return (PAGE_BYTES // rows - 4) // 8 * 8 - ROW_BYTES
+
+
+def chunk_budget(first: int) -> int | None:
+    """Return the stored bytes a chunk may grow to, given its first items' size.
+
+    `first` is the stored size of its first `CHUNK_ITEMS` items. A run that
+    fits half a heap page grows to fill half a page, one that fits a page to
+    fill a page; row sizes that leave a page partly empty cost that part.
+    A larger run goes to TOAST, which fills its pages whatever the size, so
+    it gets no budget and stays at `CHUNK_ITEMS` (a longer one would only
+    make the tail longer).
+    """
+    for rows in (2, 1):
+        if first <= row_share(rows):
+            return row_share(rows)
+    return None
+
+
+def chunk_end(encoded: Sequence[bytes], start: int) -> tuple[int, bytes] | None:
+    """Return where the chunk from `start` ends and its stored bytes, or None.
+
+    A chunk holds at least `CHUNK_ITEMS` items, so a version never takes
+    more chunk rows than before, and at most `MAX_CHUNK_ITEMS`. Between
+    those it ends at the count whose stored size fits its `chunk_budget`
+    while one item more does not, found by interpolating the sizes measured
+    so far (each measure packs the run whole, which is what is stored).
+    Every measure depends only on the items it covers, so the end depends
+    on the items alone and a longer version of the list ends its chunks at
+    the same places: they are the same rows. None means the items needed to
+    decide are not there yet; they stay in the tail for now.
+
+    Sizes are zlib's: a writer whose zlib compresses differently may end
+    chunks elsewhere, which stores those items again but reads the same.
+    """
+    if len(encoded) - start < CHUNK_ITEMS:
+        return None
+    runs: dict[int, bytes] = {}
+
+    def size(count: int) -> int:
+        if count not in runs:
+            data = join_items(encoded[start : start + count])
+            runs[count] = packing.pack_chunk(data)
+        return len(runs[count])
+
+    budget = chunk_budget(size(CHUNK_ITEMS))
+    if budget is None:
+        return start + CHUNK_ITEMS, runs[CHUNK_ITEMS]
+    # `fit` is the longest count known to fit, `over` the shortest known
+    # not to (0: none yet); the next guess follows the growth per item
+    # between the last two fits, or between `fit` and `over`. Integer
+    # arithmetic only, so every writer makes the same guesses.
+    low, low_size, fit, over = 0, 0, CHUNK_ITEMS, 0
+    while fit < MAX_CHUNK_ITEMS and over != fit + 1:
+        if over:
+            span, grow = over - fit, size(over) - size(fit)
+        else:
+            span, grow = fit - low, size(fit) - low_size
+        guess = fit + (budget - size(fit)) * span // max(grow, 1)
+        guess = max(fit + 1, min(guess, over - 1 if over else MAX_CHUNK_ITEMS))
+        if start + guess > len(encoded):
+            return None
+        if size(guess) <= budget:
+            low, low_size, fit = fit, size(fit), guess
+        else:
+            over = guess
+    return start + fit, runs[fit]
+
+
 def encode_whole(
     serde: Serializer, channel: str, version: str, kind: str, items: Sequence[Any]
 ) -> tuple[BlobRow, dict[bytes, bytes], Memo]:
     """Return the row, the chunks (by hash) and the memo of a list stored whole."""
     encoded = [serde.dumps(item) for item in items]
-    full = len(encoded) - len(encoded) % CHUNK_ITEMS
     chunks: dict[bytes, bytes] = {}
     hashes: list[bytes] = []
-    for start in range(0, full, CHUNK_ITEMS):
-        data = join_items(encoded[start : start + CHUNK_ITEMS])
-        key = digest(data)
-        chunks[key] = packing.pack_chunk(data)
+    full = 0
+    while (closed := chunk_end(encoded, full)) is not None:
+        end, stored = closed
+        key = digest(join_items(encoded[full:end]))
+        chunks[key] = stored
         hashes.append(key)
+        full = end
     tag, tail = packing.pack_typed(kind, join_items(encoded[full:]))
     row = BlobRow(
         channel=channel,
@@ -181,9 +269,12 @@ __all__ = [
     "LIST",
     "LIST_TYPES",
     "MAX_APPEND_DEPTH",
+    "MAX_CHUNK_ITEMS",
     "SNAPSHOT",
     "BlobRow",
     "Memo",
+    "chunk_budget",
+    "chunk_end",
     "encode_append",
     "encode_whole",
     "list_kind",
