@@ -29,10 +29,12 @@ def messages(count: int, size: int, seed: int = 1) -> list:
     return out
 
 
-def chunk_runs(items: list) -> list[tuple[int, int]]:
+def chunk_runs(
+    items: list, known: lists.KnownEnds | None = None
+) -> list[tuple[int, int]]:
     """Return the (start, end) of each chunk `encode_whole` stores for `items`."""
     encoded = [SERDE.dumps(item) for item in items]
-    row, chunks, _memo = lists.encode_whole(SERDE, "m", "1", lists.LIST, items)
+    row, chunks, _memo = lists.encode_whole(SERDE, "m", "1", lists.LIST, items, known)
     runs: list[tuple[int, int]] = []
     start = 0
     for key in lists.split_hashes(row.chunks):
@@ -74,10 +76,13 @@ def test_chunks_end_at_the_same_places_as_the_list_grows():
     rng.shuffle(items[150:])
     whole = chunk_runs(items)
     assert len(whole) >= 10
+    known = lists.KnownEnds()
     for count in range(0, len(items) + 1, 7):
         runs = chunk_runs(items[:count])
         # An earlier, shorter version's chunks are the longer one's chunks.
         assert runs == whole[: len(runs)]
+        # Ends remembered from the shorter versions change nothing.
+        assert chunk_runs(items[:count], known) == runs
         # What is not in a chunk yet (the tail) stays short.
         left = count - (runs[-1][1] if runs else 0)
         assert left < 2 * lists.MAX_CHUNK_ITEMS
@@ -96,6 +101,16 @@ def test_a_version_never_takes_more_chunk_rows_than_eight_item_chunks():
     for size in (60, 300, 1200, 5000):
         items = messages(300, size, seed=size)
         assert len(chunk_runs(items)) <= len(items) // lists.CHUNK_ITEMS
+
+
+def test_a_remembered_end_is_not_taken_for_other_items():
+    items = messages(200, 300, seed=8)
+    known = lists.KnownEnds()
+    first = chunk_runs(items, known)
+    # Same first items, then others: the first chunk may end elsewhere.
+    changed = items[:10] + messages(190, 40, seed=9)
+    assert chunk_runs(changed, known) == chunk_runs(changed)
+    assert chunk_runs(items, known) == first
 
 
 def test_many_tiny_messages_stop_at_the_item_bound():

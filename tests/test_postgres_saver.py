@@ -349,7 +349,7 @@ def test_chunk_rows_fill_their_heap_pages(saver, pg_url):
 
 def test_a_list_stored_in_eight_item_chunks_reads_and_grows(saver, pg_url, monkeypatch):
     # Rows written before chunks were closed by size: every chunk 8 items.
-    def eight_items(encoded, start):
+    def eight_items(encoded, start, known=None):
         if len(encoded) - start < lists.CHUNK_ITEMS:
             return None
         end = start + lists.CHUNK_ITEMS

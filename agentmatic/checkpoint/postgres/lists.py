@@ -24,6 +24,8 @@ Encrypted serializers store every value whole (the tag covers one value).
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,7 +138,53 @@ def chunk_budget(first: int) -> int | None:
     return None
 
 
-def chunk_end(encoded: Sequence[bytes], start: int) -> tuple[int, bytes] | None:
+class KnownEnds:
+    """Where the chunks a saver cut end, found by their first items.
+
+    Finding a chunk's end packs its items a few times (see `chunk_end`). A
+    list is stored whole again and again as it grows (our message log's
+    snapshot every 100 steps, a LangGraph list after `MAX_APPEND_DEPTH`
+    appends), and all its chunks but the newest were cut before; knowing
+    their ends makes each cost one packing, as fixed-size chunks did. An end
+    is taken only when every item it was decided on is the same bytes as
+    then, so the chunks are exactly the ones `chunk_end` would cut.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._ends: OrderedDict[bytes, tuple[int, int, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def find(self, encoded: Sequence[bytes], start: int) -> int | None:
+        """Return where the chunk from `start` ends, if known."""
+        key = digest(b"".join(encoded[start : start + CHUNK_ITEMS]))
+        with self._lock:
+            known = self._ends.get(key)
+            if known is not None:
+                self._ends.move_to_end(key)
+        if known is None:
+            return None
+        count, seen, check = known
+        if len(encoded) - start < seen:
+            return None
+        if digest(b"".join(encoded[start : start + seen])) != check:
+            return None
+        return start + count
+
+    def add(self, encoded: Sequence[bytes], start: int, count: int, seen: int) -> None:
+        """Note that the chunk from `start` has `count` items, decided on `seen`."""
+        key = digest(b"".join(encoded[start : start + CHUNK_ITEMS]))
+        check = digest(b"".join(encoded[start : start + seen]))
+        with self._lock:
+            self._ends[key] = (count, seen, check)
+            self._ends.move_to_end(key)
+            while len(self._ends) > self._size:
+                self._ends.popitem(last=False)
+
+
+def chunk_end(
+    encoded: Sequence[bytes], start: int, known: KnownEnds | None = None
+) -> tuple[int, bytes] | None:
     """Return where the chunk from `start` ends and its stored bytes, or None.
 
     A chunk holds at least `CHUNK_ITEMS` items, so a version never takes
@@ -154,6 +202,9 @@ def chunk_end(encoded: Sequence[bytes], start: int) -> tuple[int, bytes] | None:
     """
     if len(encoded) - start < CHUNK_ITEMS:
         return None
+    end = known.find(encoded, start) if known is not None else None
+    if end is not None:
+        return end, packing.pack_chunk(join_items(encoded[start:end]))
     runs: dict[int, bytes] = {}
 
     def size(count: int) -> int:
@@ -183,18 +234,25 @@ def chunk_end(encoded: Sequence[bytes], start: int) -> tuple[int, bytes] | None:
             low, low_size, fit = fit, size(fit), guess
         else:
             over = guess
+    if known is not None:
+        known.add(encoded, start, fit, max(runs))
     return start + fit, runs[fit]
 
 
 def encode_whole(
-    serde: Serializer, channel: str, version: str, kind: str, items: Sequence[Any]
+    serde: Serializer,
+    channel: str,
+    version: str,
+    kind: str,
+    items: Sequence[Any],
+    known: KnownEnds | None = None,
 ) -> tuple[BlobRow, dict[bytes, bytes], Memo]:
     """Return the row, the chunks (by hash) and the memo of a list stored whole."""
     encoded = [serde.dumps(item) for item in items]
     chunks: dict[bytes, bytes] = {}
     hashes: list[bytes] = []
     full = 0
-    while (closed := chunk_end(encoded, full)) is not None:
+    while (closed := chunk_end(encoded, full, known)) is not None:
         end, stored = closed
         key = digest(join_items(encoded[full:end]))
         chunks[key] = stored
@@ -272,6 +330,7 @@ __all__ = [
     "MAX_CHUNK_ITEMS",
     "SNAPSHOT",
     "BlobRow",
+    "KnownEnds",
     "Memo",
     "chunk_budget",
     "chunk_end",

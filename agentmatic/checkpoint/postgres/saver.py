@@ -314,6 +314,7 @@ class PostgresSaver(BaseSaver):
         self._ready = False
         self._lock = threading.Lock()
         self._memos: OrderedDict[tuple[str, str], _Memo] = OrderedDict()
+        self._chunk_ends = lists.KnownEnds()
         self._lease_renewed: dict[tuple[str, str], tuple[float, float]] = {}
         # The connection of the `_snapshot` this thread (or task) reads in.
         self._pinned: contextvars.ContextVar[psycopg.Connection[Any] | None] = (
@@ -498,7 +499,7 @@ class PostgresSaver(BaseSaver):
                 row, list_memo = appended
             else:
                 row, new_chunks, list_memo = lists.encode_whole(
-                    self.serde, channel, version, blob_type, items
+                    self.serde, channel, version, blob_type, items, self._chunk_ends
                 )
                 chunks.update(new_chunks)
             blobs.append(row)
@@ -949,7 +950,7 @@ class PostgresSaver(BaseSaver):
         items = value.value if isinstance(value, DeltaSnapshot) else value
         if _splits_lists(self.serde) and type(items) is list:
             row, chunks, _memo = lists.encode_whole(
-                self.serde, channel, version, lists.DERIVED, items
+                self.serde, channel, version, lists.DERIVED, items, self._chunk_ends
             )
             return row, chunks
         tag, data = packing.pack_typed(*self.serde.dumps_typed(DeltaSnapshot(items)))
