@@ -808,8 +808,8 @@ class PostgresSaver(BaseSaver):
             # the tasks' writes
             "%s::text[], %s::text[], %s::integer[], %s::text[], %s::text[], "
             "%s::bytea[], %s::bytea[], "
-            # the timeline's summary
-            "%s)"
+            # the timeline's summary; the writes may ride in the checkpoint
+            "%s, true)"
         )
         params = (
             write.thread_id,
@@ -970,7 +970,7 @@ class PostgresSaver(BaseSaver):
         if not writes:
             return
         rows, regular = self._prepare_writes(writes)
-        with self._conn() as conn:
+        with self._conn() as conn, conn.transaction():
             self._insert_writes(
                 conn, thread_id, ns, checkpoint_id, task_id, task_path, rows, regular
             )
@@ -1089,7 +1089,8 @@ class PostgresSaver(BaseSaver):
         regular: builtins.list[tuple[int, str, str, bytes]],
     ) -> None:
         # Writes the checkpoint's next row carries become rows first, so
-        # that this call's conflicts are judged against them.
+        # that this call's conflicts are judged against them; until the
+        # caller's transaction ends, no step on the thread carries more.
         conn.execute(
             "SELECT agentmatic_uncarry(%s, %s, %s)", (thread_id, ns, checkpoint_id)
         )
@@ -1762,6 +1763,17 @@ class PostgresSaver(BaseSaver):
                 "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
                 (thread_id, ns, ids),
             )
+            # The writes on a deleted checkpoint that its next row carries go
+            # too (the rows that rebuilt from them were rebased above).
+            conn.execute(
+                "UPDATE agentmatic_checkpoints SET carried_task_id = NULL, "
+                "carried_task_path = NULL, carried_idx = NULL, "
+                "carried_channel = NULL, carried_type = NULL, carried_blob = NULL, "
+                "carried_extra = NULL WHERE thread_id = %s AND checkpoint_ns = %s "
+                "AND parent_checkpoint_id = ANY(%s::text[]) "
+                "AND carried_task_id IS NOT NULL",
+                (thread_id, ns, ids),
+            )
             self._collect(conn, thread_id, ns)
         self._forget(thread_id)
         self.anchor_orphans(thread_id, ns, ids)
@@ -1999,6 +2011,12 @@ class PostgresSaver(BaseSaver):
                 "FROM agentmatic_threads WHERE thread_id = %s ON CONFLICT DO NOTHING",
                 (dst, src),
             )
+            # No step on the target carries writes while its rows come in.
+            conn.execute(
+                "SELECT 1 FROM agentmatic_threads WHERE thread_id = %s "
+                "ORDER BY checkpoint_ns FOR UPDATE",
+                (dst,),
+            )
             conn.execute(
                 "INSERT INTO agentmatic_chunks (thread_id, hash, data, created_at) "
                 "SELECT %s, hash, data, created_at FROM agentmatic_chunks "
@@ -2051,6 +2069,23 @@ class PostgresSaver(BaseSaver):
                 "FROM (SELECT checkpoint_ns, count(*) FROM ins GROUP BY 1) n "
                 "WHERE t.thread_id = %s AND t.checkpoint_ns = n.checkpoint_ns",
                 (dst, src, dst),
+            )
+            # The copies may land between a parent of the target's own and
+            # the row that carries its writes: those become rows first.
+            conn.execute(
+                "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
+                "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
+                "segment, created_at) SELECT c.thread_id, c.checkpoint_ns, "
+                "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_idx, "
+                "c.carried_channel, coalesce(c.carried_type, c.type), c.carried_blob, "
+                "c.carried_extra, c.carried_task_path, c.segment, c.created_at "
+                "FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
+                "AND c.carried_task_id IS NOT NULL AND EXISTS (SELECT 1 "
+                "FROM agentmatic_checkpoints x WHERE x.thread_id = c.thread_id "
+                "AND x.checkpoint_ns = c.checkpoint_ns "
+                "AND x.checkpoint_id > c.parent_checkpoint_id "
+                "AND x.checkpoint_id < c.checkpoint_id) ON CONFLICT DO NOTHING",
+                (dst,),
             )
         self._forget(dst)
 

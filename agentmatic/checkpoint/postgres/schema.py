@@ -530,6 +530,12 @@ MIGRATIONS: list[str] = [
     # whatever would break that (a checkpoint stored in between, the row
     # deleted, more writes stored on the parent) first copies them into
     # agentmatic_writes as rows of their own, and readers prefer those.
+    # Only a caller that passes `p_carry` gets its writes carried: a process
+    # still running the code before this migration stores rows as it did.
+    # Each of those copies holds the thread row's lock before it writes, as
+    # a step does, so a copy and a step on one thread wait for each other
+    # (and a DELETE's trigger that counts takes it before the one that
+    # copies: triggers fire in name order).
     """
     ALTER TABLE agentmatic_checkpoints
         ADD COLUMN carried_task_id uuid,
@@ -541,7 +547,10 @@ MIGRATIONS: list[str] = [
         ADD COLUMN carried_extra bytea;
 
     CREATE FUNCTION agentmatic_uncarry(p_thread text, p_ns text, p_parent text)
-    RETURNS void LANGUAGE sql AS $$
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM agentmatic_threads t
+        WHERE t.thread_id = p_thread AND t.checkpoint_ns = p_ns FOR UPDATE;
         INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id,
             task_id, idx, channel, type, blob, extra, task_path, segment,
             created_at)
@@ -555,7 +564,8 @@ MIGRATIONS: list[str] = [
                 AND n.checkpoint_id > p_parent
             ORDER BY n.checkpoint_id LIMIT 1) c
         WHERE c.parent_checkpoint_id = p_parent AND c.carried_task_id IS NOT NULL
-        ON CONFLICT DO NOTHING
+        ON CONFLICT DO NOTHING;
+    END
     $$;
 
     -- Any DELETE, the seed's plain retention SQL included, keeps the
@@ -577,12 +587,17 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END
     $$;
-    CREATE TRIGGER agentmatic_checkpoints_carry_out
+    CREATE TRIGGER agentmatic_checkpoints_deleted_carry_out
         AFTER DELETE ON agentmatic_checkpoints
         REFERENCING OLD TABLE AS gone
         FOR EACH STATEMENT EXECUTE FUNCTION agentmatic_carry_out();
 
-    CREATE OR REPLACE FUNCTION agentmatic_put(
+    DROP FUNCTION agentmatic_put(text, text, text, text, boolean, text, boolean,
+        integer, text, text, uuid, text, bytea, jsonb, text, text, jsonb,
+        timestamptz, text[], text[], text[], bytea[], bytea[], text[], integer[],
+        bytea[], bytea[], text[], text[], integer[], text[], text[], bytea[],
+        bytea[], bytea);
+    CREATE FUNCTION agentmatic_put(
         p_thread text, p_ns text, p_id text, p_parent text,
         p_check boolean, p_expected text, p_strict boolean,
         p_step integer, p_source text, p_actor text, p_run_id uuid,
@@ -595,7 +610,8 @@ MIGRATIONS: list[str] = [
         w_task text[] DEFAULT NULL, w_path text[] DEFAULT NULL,
         w_idx integer[] DEFAULT NULL, w_channel text[] DEFAULT NULL,
         w_type text[] DEFAULT NULL, w_blob bytea[] DEFAULT NULL,
-        w_extra bytea[] DEFAULT NULL, p_light bytea DEFAULT NULL
+        w_extra bytea[] DEFAULT NULL, p_light bytea DEFAULT NULL,
+        p_carry boolean DEFAULT false
     ) RETURNS TABLE (outcome text, head text, segment bigint)
     LANGUAGE plpgsql AS $$
     DECLARE
@@ -646,7 +662,8 @@ MIGRATIONS: list[str] = [
         -- A linear step of one task carries its writes in the new
         -- checkpoint's row (see migration 7) when they are the parent's
         -- first and the new checkpoint is the parent's next by id.
-        v_carry := w_task IS NOT NULL AND v_linear AND cardinality(w_task) = 1
+        v_carry := p_carry AND w_task IS NOT NULL AND v_linear
+            AND cardinality(w_task) = 1
             AND w_task[1]
                 ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
             AND NOT EXISTS (
