@@ -1738,12 +1738,18 @@ class PostgresSaver(BaseSaver):
             }
             # A listed checkpoint whose row is gone already (a plain DELETE
             # since the caller listed it) leaves writes a remaining one may
-            # still rebuild from: they go below, so rebase over them too.
+            # still rebuild from, as rows or carried by the row after it:
+            # they go below, so rebase over them too.
+            gone = [c for c in ids if c not in doomed]
             for cid, segment in conn.execute(
                 "SELECT DISTINCT checkpoint_id, segment FROM agentmatic_writes "
                 "WHERE thread_id = %s AND checkpoint_ns = %s "
-                "AND checkpoint_id = ANY(%s::text[]) AND segment IS NOT NULL",
-                (thread_id, ns, [c for c in ids if c not in doomed]),
+                "AND checkpoint_id = ANY(%s::text[]) AND segment IS NOT NULL "
+                "UNION SELECT parent_checkpoint_id, segment "
+                "FROM agentmatic_checkpoints WHERE thread_id = %s "
+                "AND checkpoint_ns = %s AND parent_checkpoint_id = ANY(%s::text[]) "
+                "AND carried_task_id IS NOT NULL",
+                (thread_id, ns, gone, thread_id, ns, gone),
             ):
                 doomed.setdefault(cid, int(segment))
             self._rebase(

@@ -12,13 +12,16 @@ The tables, in short:
   checkpoint itself is stored without its large channel values (those live
   in ``agentmatic_blobs``); step, source, actor, run id and the time of
   the write have columns of their own (and are not repeated in the
-  metadata), and the rest of the metadata is ``jsonb`` for filters.
-- ``agentmatic_writes``: the writes of the tasks that ran from a checkpoint,
-  one row per task and call (the first write in the columns, the others in
-  ``extra``) plus one row per special-channel write (errors, interrupts).
-  No foreign key ties them to their checkpoint: a delta channel's value (the
-  message log) is its nearest snapshot plus the writes since, so they must
-  outlive a checkpoint row deleted by a plain ``DELETE``.
+  metadata), and the rest of the metadata is ``jsonb`` for filters. A row
+  written by a step of one task also carries that task's writes on its
+  parent (the ``carried_`` columns, see migration 7): a step is one row.
+- ``agentmatic_writes``: the other writes of the tasks that ran from a
+  checkpoint, one row per task and call (the first write in the columns,
+  the others in ``extra``) plus one row per special-channel write (errors,
+  interrupts). No foreign key ties them to their checkpoint: a delta
+  channel's value (the message log) is its nearest snapshot plus the writes
+  since, so they must outlive a checkpoint row deleted by a plain
+  ``DELETE`` (which moves the writes its rows carried here).
 - ``agentmatic_blobs``: channel values, keyed by thread, namespace, channel,
   version and segment, owned by no checkpoint row. A list is stored as
   hashed chunks plus a tail, or as the items it appends to an earlier
