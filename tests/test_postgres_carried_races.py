@@ -74,6 +74,32 @@ def step(
     return task
 
 
+def hold_checkpoint_id(url: str, cid: str) -> psycopg.Connection:
+    """Return a connection whose open transaction has a row with this id:
+    a writer inserting that checkpoint waits until it rolls back."""
+    blocker = psycopg.connect(url)
+    blocker.execute(
+        "INSERT INTO agentmatic_checkpoints (thread_id, checkpoint_ns, "
+        "checkpoint_id, type, checkpoint) VALUES ('t', '', %s, 'x', '\\x00')",
+        (cid,),
+    )
+    return blocker
+
+
+def wait_for_lock_wait(url: str, pattern: str) -> bool:
+    """Wait (up to 4 s) until a statement like `pattern` waits for a lock."""
+    for _ in range(200):
+        if sql(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE %s",
+            (pattern,),
+        )[0][0]:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def carried_rows(url: str, thread_id: str) -> int:
     return sql(
         url,
@@ -176,12 +202,7 @@ def test_a_racing_put_writes_of_the_same_task_does_not_replace_the_steps_write(
     cp = checkpoint(child, 1)
     # Hold A up inside agentmatic_put, after it decided to carry: an
     # uncommitted row with C's key makes its INSERT wait.
-    blocker = psycopg.connect(pg_url)
-    blocker.execute(
-        "INSERT INTO agentmatic_checkpoints (thread_id, checkpoint_ns, "
-        "checkpoint_id, type, checkpoint) VALUES ('t', '', %s, 'x', '\\x00')",
-        (child,),
-    )
+    blocker = hold_checkpoint_id(pg_url, child)
     errors: list[BaseException] = []
 
     def writer_a() -> None:
@@ -201,19 +222,10 @@ def test_a_racing_put_writes_of_the_same_task_does_not_replace_the_steps_write(
 
     a_thread = threading.Thread(target=writer_a)
     a_thread.start()
-    import time
 
-    for _ in range(200):
-        waiting = sql(
-            pg_url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' "
-            "AND query LIKE '%%agentmatic_put%%'",
-        )[0][0]
-        if waiting:
-            break
-        time.sleep(0.05)
-    assert waiting, "writer A never reached the checkpoint insert"
+    assert wait_for_lock_wait(pg_url, "%agentmatic_put%"), (
+        "writer A never reached the checkpoint insert"
+    )
     b_done = threading.Event()
 
     def writer_b() -> None:
@@ -245,7 +257,6 @@ def test_a_put_between_racing_a_delete_of_the_carrying_row_is_no_deadlock(
     SQL deletes C. X holds the thread row and then copies C's writes out; the
     DELETE's trigger has copied the same write (uncommitted) and its count
     trigger then waits for the thread row: each waits for the other."""
-    import time
 
     made = [ids.checkpoint_id() for _ in range(4)]
     p, b, c, d = made
@@ -255,12 +266,7 @@ def test_a_put_between_racing_a_delete_of_the_carrying_row_is_no_deadlock(
     before = pending(saver, "t", p)
     # Hold X between taking the thread row and inserting B (a row with B's
     # key, uncommitted), to make the window wide enough to hit every time.
-    blocker = psycopg.connect(pg_url)
-    blocker.execute(
-        "INSERT INTO agentmatic_checkpoints (thread_id, checkpoint_ns, "
-        "checkpoint_id, type, checkpoint) VALUES ('t', '', %s, 'x', '\\x00')",
-        (b,),
-    )
+    blocker = hold_checkpoint_id(pg_url, b)
     errors: list[BaseException] = []
 
     def put_between() -> None:
@@ -282,27 +288,12 @@ def test_a_put_between_racing_a_delete_of_the_carrying_row_is_no_deadlock(
         except BaseException as exc:
             errors.append(exc)
 
-    def waiting(pattern: str) -> int:
-        return sql(
-            pg_url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' "
-            "AND query LIKE %s",
-            (pattern,),
-        )[0][0]
-
     x_thread = threading.Thread(target=put_between)
     x_thread.start()
-    for _ in range(200):
-        if waiting("%agentmatic_put%"):
-            break
-        time.sleep(0.02)
+    assert wait_for_lock_wait(pg_url, "%agentmatic_put%")
     d_thread = threading.Thread(target=retention_delete)
     d_thread.start()
-    for _ in range(200):
-        if waiting("DELETE FROM agentmatic_checkpoints%"):
-            break
-        time.sleep(0.02)
+    wait_for_lock_wait(pg_url, "DELETE FROM agentmatic_checkpoints%")
     blocker.rollback()
     blocker.close()
     x_thread.join(20)
@@ -359,7 +350,6 @@ def test_a_branch_step_racing_delete_checkpoints_is_no_deadlock(saver, pg_url):
     `_insert_writes` first copies what C carries for P into agentmatic_writes,
     then `_put` takes the thread row). Meanwhile delete_checkpoints([C]) holds
     the thread row and its DELETE's trigger copies the same write: a cycle."""
-    import time
 
     made = [ids.checkpoint_id() for _ in range(3)]
     p, c, d = made
@@ -407,15 +397,8 @@ def test_a_branch_step_racing_delete_checkpoints_is_no_deadlock(saver, pg_url):
     assert uncarried.wait(10)
     d_thread = threading.Thread(target=delete_child)
     d_thread.start()
-    for _ in range(200):  # the DELETE's trigger waits for X's copy
-        if sql(
-            pg_url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' "
-            "AND query LIKE 'DELETE FROM agentmatic_checkpoints%%'",
-        )[0][0]:
-            break
-        time.sleep(0.02)
+    # The DELETE's trigger waits for X's copy.
+    wait_for_lock_wait(pg_url, "DELETE FROM agentmatic_checkpoints%")
     go.set()
     x_thread.join(20)
     d_thread.join(20)
