@@ -169,6 +169,12 @@ CARRIED = (
     "coalesce(c.carried_type, c.type), c.carried_blob, c.carried_task_path, "
     "c.carried_idx, c.carried_extra"
 )
+# A checkpoint row `c` whose parent is gone.
+PARENT_GONE = (
+    "NOT EXISTS (SELECT 1 FROM agentmatic_checkpoints p "
+    "WHERE p.thread_id = c.thread_id AND p.checkpoint_ns = c.checkpoint_ns "
+    "AND p.checkpoint_id = c.parent_checkpoint_id)"
+)
 # The row after each checkpoint of `%s::text[]`, when it carries that
 # checkpoint's writes (a carrying row is always its parent's next by id).
 CARRIED_AFTER = (
@@ -1721,14 +1727,17 @@ class PostgresSaver(BaseSaver):
         thread_id, ns = str(thread_id), str(checkpoint_ns)
         self.anchor_deletions(thread_id, ns, ids)
         with self._conn() as conn, conn.transaction():
-            # The rows first, then the thread: the order a plain DELETE takes
-            # them in (its count trigger updates the thread), so the two wait
-            # for each other in turn instead of deadlocking.
+            # The rows first (those to delete, and those whose carried
+            # writes `_collect` clears), then the thread: the order a plain
+            # DELETE takes them in (its count trigger updates the thread), so
+            # the two wait for each other in turn instead of deadlocking.
             conn.execute(
-                "SELECT 1 FROM agentmatic_checkpoints WHERE thread_id = %s "
-                "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[]) "
-                "ORDER BY checkpoint_id FOR UPDATE",
-                (thread_id, ns, ids),
+                "SELECT 1 FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
+                "AND c.checkpoint_ns = %s AND (c.checkpoint_id = ANY(%s::text[]) "
+                "OR c.carried_task_id IS NOT NULL AND (c.parent_checkpoint_id = "
+                f"ANY(%s::text[]) OR {PARENT_GONE})) "
+                "ORDER BY c.checkpoint_id FOR UPDATE",
+                (thread_id, ns, ids, ids),
             )
             self._lock_thread(conn, thread_id, ns, False)
             rows = self._rows(conn, thread_id, ns)
@@ -1767,17 +1776,6 @@ class PostgresSaver(BaseSaver):
             conn.execute(
                 "DELETE FROM agentmatic_writes WHERE thread_id = %s "
                 "AND checkpoint_ns = %s AND checkpoint_id = ANY(%s::text[])",
-                (thread_id, ns, ids),
-            )
-            # The writes on a deleted checkpoint that its next row carries go
-            # too (the rows that rebuilt from them were rebased above).
-            conn.execute(
-                "UPDATE agentmatic_checkpoints SET carried_task_id = NULL, "
-                "carried_task_path = NULL, carried_idx = NULL, "
-                "carried_channel = NULL, carried_type = NULL, carried_blob = NULL, "
-                "carried_extra = NULL WHERE thread_id = %s AND checkpoint_ns = %s "
-                "AND parent_checkpoint_id = ANY(%s::text[]) "
-                "AND carried_task_id IS NOT NULL",
                 (thread_id, ns, ids),
             )
             self._collect(conn, thread_id, ns)
@@ -1849,7 +1847,21 @@ class PostgresSaver(BaseSaver):
         return stored
 
     def _collect(self, conn: psycopg.Connection[Any], thread_id: str, ns: str) -> None:
-        """Delete the thread's blobs, chunks and writes that nothing references."""
+        """Delete the thread's blobs, chunks and writes that nothing references.
+
+        The caller holds the thread, and the rows whose carried writes are on
+        a checkpoint that is gone (see `PARENT_GONE`): those are cleared.
+        Their DELETE copied them into rows of their own, which stay below
+        while a remaining checkpoint rebuilds from them.
+        """
+        conn.execute(
+            "UPDATE agentmatic_checkpoints c SET carried_task_id = NULL, "
+            "carried_task_path = NULL, carried_idx = NULL, carried_channel = NULL, "
+            "carried_type = NULL, carried_blob = NULL, carried_extra = NULL "
+            "WHERE c.thread_id = %s AND c.checkpoint_ns = %s "
+            f"AND c.carried_task_id IS NOT NULL AND {PARENT_GONE}",
+            (thread_id, ns),
+        )
         rows = self._rows(conn, thread_id, ns)
         blob_keys = conn.execute(
             "SELECT channel, version, segment, checkpoint_id, base_version, chunks "
@@ -1984,6 +1996,12 @@ class PostgresSaver(BaseSaver):
             ).fetchall()
         for tid, ns in keys:
             with self._conn() as conn, conn.transaction():
+                conn.execute(
+                    "SELECT 1 FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
+                    "AND c.checkpoint_ns = %s AND c.carried_task_id IS NOT NULL "
+                    f"AND {PARENT_GONE} ORDER BY c.checkpoint_id FOR UPDATE",
+                    (tid, ns),
+                )
                 self._lock_thread(conn, tid, ns, False)
                 orphans = {
                     cid: int(segment)
@@ -2017,12 +2035,6 @@ class PostgresSaver(BaseSaver):
                 "FROM agentmatic_threads WHERE thread_id = %s ON CONFLICT DO NOTHING",
                 (dst, src),
             )
-            # No step on the target carries writes while its rows come in.
-            conn.execute(
-                "SELECT 1 FROM agentmatic_threads WHERE thread_id = %s "
-                "ORDER BY checkpoint_ns FOR UPDATE",
-                (dst,),
-            )
             conn.execute(
                 "INSERT INTO agentmatic_chunks (thread_id, hash, data, created_at) "
                 "SELECT %s, hash, data, created_at FROM agentmatic_chunks "
@@ -2038,29 +2050,24 @@ class PostgresSaver(BaseSaver):
                 "ON CONFLICT DO NOTHING",
                 (dst, src),
             )
+            # The copy stores carried writes as rows of their own (its rows
+            # may interleave with the target's, and a carrying row must be
+            # its parent's next), read with the others in one statement: a
+            # DELETE moving them commits before it or after it. A write in
+            # both places comes first from its row, which wins.
             conn.execute(
                 "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
                 "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
                 "segment, created_at) SELECT %s, checkpoint_ns, checkpoint_id, "
                 "task_id, idx, channel, type, blob, extra, task_path, segment, "
-                "created_at "
-                "FROM agentmatic_writes WHERE thread_id = %s ON CONFLICT DO NOTHING",
-                (dst, src),
-            )
-            # The copy stores carried writes as rows of their own: its rows
-            # may interleave with the target's, and a carrying row must be
-            # its parent's next.
-            conn.execute(
-                "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
-                "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
-                "segment, created_at) SELECT %s, c.checkpoint_ns, "
+                "created_at FROM agentmatic_writes WHERE thread_id = %s "
+                "UNION ALL SELECT %s, c.checkpoint_ns, "
                 "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_idx, "
                 "c.carried_channel, coalesce(c.carried_type, c.type), c.carried_blob, "
-                "c.carried_extra, "
-                "c.carried_task_path, c.segment, c.created_at "
+                "c.carried_extra, c.carried_task_path, c.segment, c.created_at "
                 "FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
                 "AND c.carried_task_id IS NOT NULL ON CONFLICT DO NOTHING",
-                (dst, src),
+                (dst, src, dst, src),
             )
             conn.execute(
                 "WITH ins AS (INSERT INTO agentmatic_checkpoints (thread_id, "
@@ -2077,7 +2084,14 @@ class PostgresSaver(BaseSaver):
                 (dst, src, dst),
             )
             # The copies may land between a parent of the target's own and
-            # the row that carries its writes: those become rows first.
+            # the row that carries its writes: those become rows. Holding the
+            # target (taken after the rows, as a plain DELETE takes them), so
+            # that a step carrying meanwhile has committed and is seen.
+            conn.execute(
+                "SELECT 1 FROM agentmatic_threads WHERE thread_id = %s "
+                "ORDER BY checkpoint_ns FOR UPDATE",
+                (dst,),
+            )
             conn.execute(
                 "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
                 "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "

@@ -587,6 +587,23 @@ MIGRATIONS: list[str] = [
             g.created_at
         FROM gone g WHERE g.carried_task_id IS NOT NULL
         ON CONFLICT DO NOTHING;
+        -- And the writes on the deleted rows that the rows after them carry:
+        -- rows of their own, like any deleted checkpoint's writes, for
+        -- collect_garbage to find (it then clears the carried columns).
+        INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, checkpoint_id,
+            task_id, idx, channel, type, blob, extra, task_path, segment,
+            created_at)
+        SELECT c.thread_id, c.checkpoint_ns, c.parent_checkpoint_id,
+            c.carried_task_id::text, c.carried_idx, c.carried_channel,
+            coalesce(c.carried_type, c.type), c.carried_blob, c.carried_extra,
+            c.carried_task_path, c.segment, c.created_at
+        FROM gone g CROSS JOIN LATERAL (SELECT * FROM agentmatic_checkpoints n
+            WHERE n.thread_id = g.thread_id AND n.checkpoint_ns = g.checkpoint_ns
+                AND n.checkpoint_id > g.checkpoint_id
+            ORDER BY n.checkpoint_id LIMIT 1) c
+        WHERE c.parent_checkpoint_id = g.checkpoint_id
+            AND c.carried_task_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
         RETURN NULL;
     END
     $$;
