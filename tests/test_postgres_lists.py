@@ -113,6 +113,14 @@ def test_a_remembered_end_is_not_taken_for_other_items():
     assert chunk_runs(items, known) == first
 
 
+def test_remembered_chunks_are_the_stored_bytes_within_a_byte_bound():
+    items = messages(400, 300, seed=10)
+    known = lists.KnownEnds(max_bytes=12_000)
+    first = chunk_runs(items, known)  # chunk_runs checks each chunk's items
+    assert 0 < known.held_bytes <= 12_000
+    assert chunk_runs(items, known) == first == chunk_runs(items)
+
+
 def test_many_tiny_messages_stop_at_the_item_bound():
     items = [HumanMessage("ok", id=f"t{i}") for i in range(300)]
     runs = chunk_runs(items)

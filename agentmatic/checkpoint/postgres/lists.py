@@ -145,18 +145,27 @@ class KnownEnds:
     list is stored whole again and again as it grows (our message log's
     snapshot every 100 steps, a LangGraph list after `MAX_APPEND_DEPTH`
     appends), and all its chunks but the newest were cut before; knowing
-    their ends makes each cost one packing, as fixed-size chunks did. An end
-    is taken only when every item it was decided on is the same bytes as
-    then, so the chunks are exactly the ones `chunk_end` would cut.
+    their ends and stored bytes makes each cost a hash, not a packing. An
+    end is taken only when every item it was decided on is the same bytes as
+    then, so the chunks are exactly the ones `chunk_end` would cut. At most
+    `size` ends and `max_bytes` of stored chunks are kept, the least
+    recently used going first.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int = 16 << 20) -> None:
         self._size = size
-        self._ends: OrderedDict[bytes, tuple[int, int, bytes]] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._ends: OrderedDict[bytes, tuple[int, int, bytes, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def find(self, encoded: Sequence[bytes], start: int) -> int | None:
-        """Return where the chunk from `start` ends, if known."""
+    @property
+    def held_bytes(self) -> int:
+        """The stored chunk bytes kept."""
+        return self._bytes
+
+    def find(self, encoded: Sequence[bytes], start: int) -> tuple[int, bytes] | None:
+        """Return where the chunk from `start` ends and its stored bytes, if known."""
         key = digest(b"".join(encoded[start : start + CHUNK_ITEMS]))
         with self._lock:
             known = self._ends.get(key)
@@ -164,22 +173,28 @@ class KnownEnds:
                 self._ends.move_to_end(key)
         if known is None:
             return None
-        count, seen, check = known
+        count, seen, check, stored = known
         if len(encoded) - start < seen:
             return None
         if digest(b"".join(encoded[start : start + seen])) != check:
             return None
-        return start + count
+        return start + count, stored
 
-    def add(self, encoded: Sequence[bytes], start: int, count: int, seen: int) -> None:
+    def add(
+        self, encoded: Sequence[bytes], start: int, count: int, seen: int, stored: bytes
+    ) -> None:
         """Note that the chunk from `start` has `count` items, decided on `seen`."""
         key = digest(b"".join(encoded[start : start + CHUNK_ITEMS]))
         check = digest(b"".join(encoded[start : start + seen]))
         with self._lock:
-            self._ends[key] = (count, seen, check)
-            self._ends.move_to_end(key)
-            while len(self._ends) > self._size:
-                self._ends.popitem(last=False)
+            old = self._ends.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[3])
+            self._ends[key] = (count, seen, check, stored)
+            self._bytes += len(stored)
+            while len(self._ends) > self._size or self._bytes > self._max_bytes:
+                _key, gone = self._ends.popitem(last=False)
+                self._bytes -= len(gone[3])
 
 
 def chunk_end(
@@ -202,9 +217,9 @@ def chunk_end(
     """
     if len(encoded) - start < CHUNK_ITEMS:
         return None
-    end = known.find(encoded, start) if known is not None else None
-    if end is not None:
-        return end, packing.pack_chunk(join_items(encoded[start:end]))
+    found = known.find(encoded, start) if known is not None else None
+    if found is not None:
+        return found
     runs: dict[int, bytes] = {}
 
     def size(count: int) -> int:
@@ -235,7 +250,7 @@ def chunk_end(
         else:
             over = guess
     if known is not None:
-        known.add(encoded, start, fit, max(runs))
+        known.add(encoded, start, fit, max(runs), runs[fit])
     return start + fit, runs[fit]
 
 
