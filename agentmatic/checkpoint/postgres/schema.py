@@ -532,7 +532,9 @@ MIGRATIONS: list[str] = [
     # reader finds a checkpoint's carried writes in the row after it;
     # whatever would break that (a checkpoint stored in between, the row
     # deleted, more writes stored on the parent) first copies them into
-    # agentmatic_writes as rows of their own, and readers prefer those.
+    # agentmatic_writes as rows of their own, and readers prefer those. A
+    # DELETE also copies what the rows after its rows carry for them: a
+    # deleted checkpoint's writes become rows, for collect_garbage to find.
     # Only a caller that passes `p_carry` gets its writes carried: a process
     # still running the code before this migration stores rows as it did.
     # Each of those copies holds the thread row's lock before it writes, as
