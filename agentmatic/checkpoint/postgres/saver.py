@@ -849,7 +849,9 @@ class PostgresSaver(BaseSaver):
             light,
         )
         try:
-            row = conn.execute(sql, params).fetchone()
+            # Binary: the server takes the values and arrays as they are,
+            # without parsing their text (a few percent of a step).
+            row = conn.execute(sql, params, binary=True).fetchone()
         except psycopg.Error as exc:
             if step_writes is not None and exc.sqlstate == RESULT_STORED:
                 # A task of the step stored a result before: nothing was stored.
