@@ -409,9 +409,13 @@ class BaseSaver(ABC):
         if not doomed:
             return
         for tup in self._children_of(thread_id, checkpoint_ns, doomed):
-            inlined = self.with_values_inlined(tup)
-            if inlined is not None:
-                self._rewrite(tup, *inlined)
+            self._store_whole(tup)
+
+    def _store_whole(self, tup: CheckpointTuple) -> None:
+        """Store a checkpoint again with its delta values inlined, if it has any."""
+        inlined = self.with_values_inlined(tup)
+        if inlined is not None:
+            self._rewrite(tup, *inlined)
 
     def _children_of(
         self, thread_id: str, checkpoint_ns: str, parents: set[str]

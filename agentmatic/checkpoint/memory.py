@@ -293,10 +293,7 @@ class MemorySaver(BaseSaver):
                 for ns, stored in self._threads.get(tid, {}).items():
                     if stored:
                         newest = max(stored)
-                        head = self._tuple(tid, ns, newest, stored[newest])
-                        inlined = self.with_values_inlined(head)
-                        if inlined is not None:
-                            self._rewrite(head, *inlined)
+                        self._store_whole(self._tuple(tid, ns, newest, stored[newest]))
                         doomed = [c for c in stored if c != newest]
                         self.anchor_deletions(tid, ns, doomed)
                         self._delete(tid, ns, doomed)

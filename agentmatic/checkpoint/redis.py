@@ -960,9 +960,7 @@ class RedisSaver(BaseSaver):
                 newest = self.get_tuple(thread_config(thread_id, None, ns))
                 if newest is None:
                     continue
-                inlined = self.with_values_inlined(newest)
-                if inlined is not None:
-                    self._rewrite(newest, *inlined)
+                self._store_whole(newest)
                 # Only what is older than the head just made whole: a checkpoint
                 # a runner appended since may still rebuild from that head.
                 head = str(newest.checkpoint["id"])

@@ -1210,9 +1210,8 @@ class S3Saver(BaseSaver):
                 if len(ids) <= 1:
                     continue
                 newest = self._read_tuple(thread_id, ns, ids[-1])
-                inlined = self.with_values_inlined(newest) if newest else None
-                if newest is not None and inlined is not None:
-                    self._rewrite(newest, *inlined)
+                if newest is not None:
+                    self._store_whole(newest)
                 self.delete_checkpoints(thread_id, ns, ids[:-1])
 
     def _rewrite(

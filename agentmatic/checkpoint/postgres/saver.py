@@ -162,13 +162,20 @@ HIDDEN_KEY = "~meta"
 TS_IN_ROW_KEY = "~ts"
 BLOB = "channel, version, segment, checkpoint_id, type, data, chunks, base_version"
 WRITE = "checkpoint_id, task_id, channel, type, blob, task_path, idx, extra"
-# The writes a checkpoint row carries for its parent (see migration 7), as
-# `WRITE` reads them from agentmatic_writes.
-CARRIED = (
-    "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_channel, "
-    "coalesce(c.carried_type, c.type), c.carried_blob, c.carried_task_path, "
-    "c.carried_idx, c.carried_extra"
-)
+# The write a checkpoint row `c` carries for its parent (see migration 7):
+# each column of agentmatic_writes as an expression on `c`.
+CARRIED_AS_WRITE = {
+    "checkpoint_id": "c.parent_checkpoint_id",
+    "task_id": "c.carried_task_id::text",
+    "channel": "c.carried_channel",
+    "type": "coalesce(c.carried_type, c.type)",
+    "blob": "c.carried_blob",
+    "task_path": "c.carried_task_path",
+    "idx": "c.carried_idx",
+    "extra": "c.carried_extra",
+}
+# Carried writes read as `WRITE` reads rows of their own.
+CARRIED = ", ".join(CARRIED_AS_WRITE[column] for column in WRITE.split(", "))
 # A checkpoint row `c` whose parent is gone.
 PARENT_GONE = (
     "NOT EXISTS (SELECT 1 FROM agentmatic_checkpoints p "
@@ -2058,16 +2065,11 @@ class PostgresSaver(BaseSaver):
             # DELETE moving them commits before it or after it. A write in
             # both places comes first from its row, which wins.
             conn.execute(
-                "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
-                "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
-                "segment, created_at) SELECT %s, checkpoint_ns, checkpoint_id, "
-                "task_id, idx, channel, type, blob, extra, task_path, segment, "
+                f"INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, {WRITE}, "
+                f"segment, created_at) SELECT %s, checkpoint_ns, {WRITE}, segment, "
                 "created_at FROM agentmatic_writes WHERE thread_id = %s "
-                "UNION ALL SELECT %s, c.checkpoint_ns, "
-                "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_idx, "
-                "c.carried_channel, coalesce(c.carried_type, c.type), c.carried_blob, "
-                "c.carried_extra, c.carried_task_path, c.segment, c.created_at "
-                "FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
+                f"UNION ALL SELECT %s, c.checkpoint_ns, {CARRIED}, c.segment, "
+                "c.created_at FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
                 "AND c.carried_task_id IS NOT NULL ON CONFLICT DO NOTHING",
                 (dst, src, dst, src),
             )
@@ -2095,12 +2097,9 @@ class PostgresSaver(BaseSaver):
                 (dst,),
             )
             conn.execute(
-                "INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, "
-                "checkpoint_id, task_id, idx, channel, type, blob, extra, task_path, "
-                "segment, created_at) SELECT c.thread_id, c.checkpoint_ns, "
-                "c.parent_checkpoint_id, c.carried_task_id::text, c.carried_idx, "
-                "c.carried_channel, coalesce(c.carried_type, c.type), c.carried_blob, "
-                "c.carried_extra, c.carried_task_path, c.segment, c.created_at "
+                f"INSERT INTO agentmatic_writes (thread_id, checkpoint_ns, {WRITE}, "
+                f"segment, created_at) SELECT c.thread_id, c.checkpoint_ns, {CARRIED}, "
+                "c.segment, c.created_at "
                 "FROM agentmatic_checkpoints c WHERE c.thread_id = %s "
                 "AND c.carried_task_id IS NOT NULL AND EXISTS (SELECT 1 "
                 "FROM agentmatic_checkpoints x WHERE x.thread_id = c.thread_id "
@@ -2531,37 +2530,19 @@ class PostgresSaver(BaseSaver):
         # carried ones (`c`), with a value only where the timeline reads it.
         # `{on}` says whether the write is on one of `parents`.
         columns = (
-            "{id}, {task}, {channel}, CASE WHEN {channel} = ANY(%s::text[]) "
+            "{checkpoint_id}, {task_id}, {channel}, "
+            "CASE WHEN {channel} = ANY(%s::text[]) "
             "OR ({channel} = %s AND {on}) THEN {type} END, "
             "CASE WHEN {channel} = ANY(%s::text[]) "
             "OR ({channel} = %s AND {on}) THEN {blob} END, "
-            "{path}, {idx}, CASE WHEN {on} THEN {extra} END"
+            "{task_path}, {idx}, CASE WHEN {on} THEN {extra} END"
         )
-        own = {
-            "id": "w.checkpoint_id",
-            "task": "w.task_id",
-            "channel": "w.channel",
-            "type": "w.type",
-            "blob": "w.blob",
-            "path": "w.task_path",
-            "idx": "w.idx",
-            "extra": "w.extra",
-        }
-        carried = {
-            "id": "c.parent_checkpoint_id",
-            "task": "c.carried_task_id::text",
-            "channel": "c.carried_channel",
-            "type": "coalesce(c.carried_type, c.type)",
-            "blob": "c.carried_blob",
-            "path": "c.carried_task_path",
-            "idx": "c.carried_idx",
-            "extra": "c.carried_extra",
-        }
+        own = {column: f"w.{column}" for column in CARRIED_AS_WRITE}
+        carried = CARRIED_AS_WRITE
         picks = (list(TIMELINE_CHANNELS), MESSAGES, list(TIMELINE_CHANNELS), MESSAGES)
         if len(ids) <= ID_LIST_MAX:
-            on = "{id} = ANY(%s::text[])"
-            own_on = on.format(id=own["id"])
-            carried_on = on.format(id=carried["id"])
+            own_on = f"{own['checkpoint_id']} = ANY(%s::text[])"
+            carried_on = f"{carried['checkpoint_id']} = ANY(%s::text[])"
             per_write = (*picks[:2], sorted(parents), *picks[2:], sorted(parents))
             return conn.execute(
                 f"SELECT {columns.format(on=own_on, **own)}, false "
